@@ -1,0 +1,83 @@
+"""optim_chain: optimizers as chains of small optax transforms, weight decay done right.
+
+Adam+L2 and AdamW are the same chain with the weight-decay transform in a different place::
+
+    >>> import optim_chain as oc
+    >>> print(oc.adam_l2(1e-3, weight_decay=1e-2))
+    >>> print(oc.adamw(1e-3, weight_decay=1e-2))
+"""
+
+from optim_chain import masks
+from optim_chain.bias_correction import BiasCorrectionState, correct_bias
+from optim_chain.learning_rate import LearningRateState, scale_by_learning_rate
+from optim_chain.masks import default_decay_mask, describe_mask
+from optim_chain.moments import (
+    CenteredState,
+    MaxSecondMomentState,
+    MomentEstimates,
+    MomentsState,
+    SecondMomentState,
+    accumulate_second_moment,
+    center_second_moment,
+    estimate_moments,
+    estimate_second_moment,
+    max_second_moment,
+)
+from optim_chain.momentum import MomentumState, add_momentum
+from optim_chain.normalization import normalize_by_second_moment
+from optim_chain.presets import (
+    adagrad,
+    adam,
+    adam_l2,
+    adamw,
+    decay_multiplier,
+    rmsprop,
+    sgd,
+    sgd_l2,
+    sgdw,
+)
+from optim_chain.transform import Transform, chain
+from optim_chain.weight_decay import (
+    DecoupledWeightDecayState,
+    add_l2_regularization,
+    decoupled_weight_decay,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BiasCorrectionState",
+    "CenteredState",
+    "DecoupledWeightDecayState",
+    "LearningRateState",
+    "MaxSecondMomentState",
+    "MomentEstimates",
+    "MomentsState",
+    "MomentumState",
+    "SecondMomentState",
+    "Transform",
+    "accumulate_second_moment",
+    "adagrad",
+    "adam",
+    "adam_l2",
+    "adamw",
+    "add_l2_regularization",
+    "add_momentum",
+    "center_second_moment",
+    "chain",
+    "correct_bias",
+    "decay_multiplier",
+    "decoupled_weight_decay",
+    "default_decay_mask",
+    "describe_mask",
+    "estimate_moments",
+    "estimate_second_moment",
+    "masks",
+    "max_second_moment",
+    "normalize_by_second_moment",
+    "rmsprop",
+    "scale_by_learning_rate",
+    "sgd",
+    "sgd_l2",
+    "sgdw",
+]

@@ -1,0 +1,61 @@
+"""Bias correction of moment estimates that start at zero."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from optim_chain import _validation
+from optim_chain._tree import compute_dtype, increment
+from optim_chain.moments import MomentEstimates, _expect_moments
+from optim_chain.transform import Transform
+
+
+class BiasCorrectionState(NamedTuple):
+    """Number of steps taken, ``count`` (int32, saturating)."""
+
+    count: jax.Array
+
+
+def _correct(moment: jax.Array, decay: Any, step: jax.Array) -> jax.Array:
+    """``moment / (1 - decay**step)``, the factor computed in at least float32."""
+    dtype = compute_dtype(moment.dtype)
+    factor = 1 - jnp.asarray(decay, dtype) ** step.astype(dtype)
+    return (moment.astype(dtype) / factor).astype(moment.dtype)
+
+
+def correct_bias(b1: float = 0.9, b2: float = 0.999) -> Transform:
+    r"""Divides the moments by ``1 - beta^t`` so that they are unbiased from the first step.
+
+    .. math::
+       \hat m_t = \frac{m_t}{1-\beta_1^t}, \qquad \hat v_t = \frac{v_t}{1-\beta_2^t}
+
+    A separate transform because it is a per-step scalar: leaving it out of a chain gives Adam
+    without bias correction, and moving :func:`~optim_chain.max_second_moment` across it
+    switches between the two AMSGrad conventions. The step ``t`` counts from 1 and saturates at
+    the largest int32, where ``beta^t`` has long underflowed to zero, so the factor stays finite.
+
+    Args:
+      b1: the decay used for the first moment, in [0, 1).
+      b2: the decay used for the second moment, in [0, 1).
+
+    Reference: Kingma & Ba, *Adam*, ICLR 2015, Section 3.
+    """
+    _validation.in_unit_interval("b1", b1)
+    _validation.in_unit_interval("b2", b2)
+
+    def init(params: Any) -> BiasCorrectionState:
+        del params
+        return BiasCorrectionState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates: Any, state: BiasCorrectionState, params: Any = None, **extra: Any):
+        del params, extra
+        moments = _expect_moments("correct_bias", updates)
+        count = increment(state.count)
+        first = jax.tree.map(lambda m: _correct(m, b1, count), moments.first)
+        second = jax.tree.map(lambda v: _correct(v, b2, count), moments.second)
+        return MomentEstimates(first, second), BiasCorrectionState(count=count)
+
+    return Transform(init, update, name="correct_bias", hyperparams={"b1": b1, "b2": b2})

@@ -1,0 +1,52 @@
+"""Scaling by the (negated) learning rate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from optim_chain import _validation
+from optim_chain._tree import compute_dtype, increment
+from optim_chain.transform import Transform
+
+
+class LearningRateState(NamedTuple):
+    """Step counter for the schedule, ``count`` (starts at 0)."""
+
+    count: jax.Array
+
+
+def scale_by_learning_rate(learning_rate: float | Callable[[jax.Array], Any]) -> Transform:
+    r"""Multiplies updates by ``-lr_t``, turning a descent direction into a parameter change.
+
+    .. math:: u_t \leftarrow -\text{lr}(t)\, u_t
+
+    Args:
+      learning_rate: a constant ``>= 0`` or an optax schedule ``step -> lr`` (the first update
+        uses ``lr(0)``, as in optax).
+
+    Example::
+
+      >>> oc.scale_by_learning_rate(optax.cosine_decay_schedule(1e-3, decay_steps=1000))
+    """
+    _validation.rate("learning_rate", learning_rate)
+
+    def init(params: Any) -> LearningRateState:
+        del params
+        return LearningRateState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates: Any, state: LearningRateState, params: Any = None, **extra: Any):
+        del params, extra
+        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+
+        def scale(u: jax.Array) -> jax.Array:
+            return (-jnp.asarray(lr, compute_dtype(u.dtype)) * u).astype(u.dtype)
+
+        return jax.tree.map(scale, updates), LearningRateState(count=increment(state.count))
+
+    return Transform(
+        init, update, name="scale_by_learning_rate", hyperparams={"learning_rate": learning_rate}
+    )

@@ -1,0 +1,42 @@
+"""Dividing by the root of the second moment: the adaptive part of an adaptive optimizer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from optim_chain import _validation
+from optim_chain.moments import _expect_moments
+from optim_chain.transform import Transform, stateless
+
+
+def normalize_by_second_moment(eps: float = 1e-8, eps_root: float = 0.0) -> Transform:
+    r"""Turns moment estimates into a step: first moment over root second moment.
+
+    .. math:: u = \frac{\text{first}}{\sqrt{\text{second} + \epsilon_{root}} + \epsilon}
+
+    ``eps`` outside the root is torch's convention for Adam, RMSProp and Adagrad; ``eps_root``
+    inside it is optax's for RMSProp and Adagrad (and keeps the gradient of the step finite
+    when differentiating through the optimizer).
+
+    Args:
+      eps: added after the square root, ``>= 0``.
+      eps_root: added under the square root, ``>= 0``.
+
+    Returns:
+      A transform from ``MomentEstimates`` to an update tree.
+    """
+    _validation.non_negative("eps", eps)
+    _validation.non_negative("eps_root", eps_root)
+
+    def normalize(m: jax.Array, v: jax.Array) -> jax.Array:
+        return m / (jnp.sqrt(v + jnp.asarray(eps_root, v.dtype)) + jnp.asarray(eps, v.dtype))
+
+    def update(updates: Any, params: Any) -> Any:
+        del params
+        moments = _expect_moments("normalize_by_second_moment", updates)
+        return jax.tree.map(normalize, moments.first, moments.second)
+
+    return stateless("normalize_by_second_moment", update, eps=eps, eps_root=eps_root)

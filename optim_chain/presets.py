@@ -1,0 +1,283 @@
+"""The classic optimizers, each rebuilt as a chain of optim_chain primitives.
+
+Read the two Adam variants side by side: they are the same chain, and the only difference is
+where the weight-decay transform sits.
+
+    adam_l2 = chain(add_l2_regularization,   <Adam core>, scale_by_learning_rate)
+    adamw   = chain(                         <Adam core>, scale_by_learning_rate, decoupled_weight_decay)
+
+with ``<Adam core> = estimate_moments, correct_bias, normalize_by_second_moment``. SGD+L2 and
+SGDW differ the same way. Every preset returns a :class:`~optim_chain.Transform`: print it to
+see the chain, index ``.parts`` to take it apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import jax
+
+from optim_chain import _validation
+from optim_chain.bias_correction import correct_bias
+from optim_chain.learning_rate import scale_by_learning_rate
+from optim_chain.moments import (
+    accumulate_second_moment,
+    center_second_moment,
+    estimate_moments,
+    estimate_second_moment,
+    max_second_moment,
+)
+from optim_chain.momentum import add_momentum
+from optim_chain.normalization import normalize_by_second_moment
+from optim_chain.transform import Transform, chain
+from optim_chain.weight_decay import add_l2_regularization, decoupled_weight_decay
+
+Schedule = Callable[[jax.Array], Any]
+LearningRate = float | Schedule
+DecayScaling = Literal["learning_rate", "schedule", "none"]
+DECAY_SCALINGS = ("learning_rate", "schedule", "none")
+AMSGRAD_MAX_OF = ("raw", "corrected")
+
+
+def _sgd_direction(momentum: float, nesterov: bool) -> list[Transform]:
+    _validation.in_unit_interval("momentum", momentum)
+    if nesterov and momentum == 0:
+        raise ValueError("nesterov=True needs momentum > 0, got momentum=0")
+    return [add_momentum(momentum, nesterov)] if momentum else []
+
+
+def _adam_core(
+    b1: float,
+    b2: float,
+    eps: float,
+    eps_root: float,
+    amsgrad: bool,
+    amsgrad_max_of: str,
+    bias_correction: bool,
+    moment_dtype: Any,
+) -> list[Transform]:
+    _validation.one_of("amsgrad_max_of", amsgrad_max_of, AMSGRAD_MAX_OF)
+    if not isinstance(amsgrad, bool):
+        raise TypeError(f"amsgrad must be a bool, got {amsgrad!r}")
+    parts = [estimate_moments(b1, b2, moment_dtype)]
+    running_max = [max_second_moment(moment_dtype)] if amsgrad else []
+    if amsgrad_max_of == "raw":
+        parts += running_max
+    if bias_correction:
+        parts.append(correct_bias(b1, b2))
+    if amsgrad_max_of == "corrected":
+        parts += running_max
+    return parts + [normalize_by_second_moment(eps, eps_root)]
+
+
+def decay_multiplier(
+    learning_rate: LearningRate,
+    decay_scaling: DecayScaling = "learning_rate",
+    peak_learning_rate: float | None = None,
+) -> LearningRate:
+    """The ``eta_t`` that multiplies decoupled weight decay under each convention.
+
+    * ``"learning_rate"``: ``eta_t = lr_t`` (PyTorch, optax, Keras).
+    * ``"schedule"``: ``eta_t = lr_t / peak_learning_rate`` (the paper's Algorithm 2, Composer).
+      A constant learning rate is its own peak; a schedule needs ``peak_learning_rate``.
+    * ``"none"``: ``eta_t = 1``.
+    """
+    _validation.one_of("decay_scaling", decay_scaling, DECAY_SCALINGS)
+    if peak_learning_rate is not None:
+        _validation.non_negative("peak_learning_rate", peak_learning_rate)
+        if peak_learning_rate == 0:
+            raise ValueError("peak_learning_rate must be > 0, got 0")
+    if decay_scaling == "learning_rate":
+        return learning_rate
+    if decay_scaling == "none":
+        return 1.0
+    if callable(learning_rate):
+        if peak_learning_rate is None:
+            raise ValueError(
+                "decay_scaling='schedule' with a learning-rate schedule needs peak_learning_rate "
+                "(the schedule's maximum), got peak_learning_rate=None"
+            )
+        peak = peak_learning_rate
+
+        def relative_learning_rate(step: jax.Array) -> Any:
+            return learning_rate(step) / peak
+
+        return relative_learning_rate
+    if peak_learning_rate is None:
+        return 1.0
+    return learning_rate / peak_learning_rate
+
+
+# --------------------------------------------------------------------------------- SGD family
+
+
+def sgd(learning_rate: LearningRate, momentum: float = 0.0, nesterov: bool = False) -> Transform:
+    """SGD with optional heavy-ball or Nesterov momentum (``torch.optim.SGD``, ``optax.sgd``)."""
+    return chain(*_sgd_direction(momentum, nesterov), scale_by_learning_rate(learning_rate), name="sgd")
+
+
+def sgd_l2(
+    learning_rate: LearningRate,
+    weight_decay: float,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    mask: Any = None,
+) -> Transform:
+    """SGD with L2 regularization (``torch.optim.SGD(weight_decay=...)``): decay enters the gradient."""
+    return chain(
+        add_l2_regularization(weight_decay, mask),
+        *_sgd_direction(momentum, nesterov),
+        scale_by_learning_rate(learning_rate),
+        name="sgd_l2",
+    )
+
+
+def sgdw(
+    learning_rate: LearningRate,
+    weight_decay: float,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    mask: Any = None,
+    decay_scaling: DecayScaling = "learning_rate",
+    peak_learning_rate: float | None = None,
+) -> Transform:
+    """SGDW (the paper's Algorithm 1): decay applied to the parameters, outside the momentum."""
+    return chain(
+        *_sgd_direction(momentum, nesterov),
+        scale_by_learning_rate(learning_rate),
+        decoupled_weight_decay(
+            weight_decay, decay_multiplier(learning_rate, decay_scaling, peak_learning_rate), mask
+        ),
+        name="sgdw",
+    )
+
+
+# ------------------------------------------------------------------------- adaptive methods
+
+
+def adagrad(
+    learning_rate: LearningRate,
+    initial_accumulator_value: float = 0.0,
+    eps: float = 1e-10,
+    eps_root: float = 0.0,
+) -> Transform:
+    """Adagrad as in ``torch.optim.Adagrad``: ``theta -= lr * g / (sqrt(sum g^2) + eps)``.
+
+    optax's convention is ``initial_accumulator_value=0.1, eps=0.0, eps_root=1e-7``.
+    """
+    return chain(
+        accumulate_second_moment(initial_accumulator_value),
+        normalize_by_second_moment(eps, eps_root),
+        scale_by_learning_rate(learning_rate),
+        name="adagrad",
+    )
+
+
+def rmsprop(
+    learning_rate: LearningRate,
+    decay: float = 0.99,
+    eps: float = 1e-8,
+    centered: bool = False,
+    momentum: float = 0.0,
+    eps_root: float = 0.0,
+) -> Transform:
+    """RMSProp as in ``torch.optim.RMSprop`` (eps outside the root; ``eps_root`` puts one inside).
+
+    ``centered`` divides by an estimate of the standard deviation instead of the root mean
+    square; ``momentum`` accumulates the normalized step.
+    """
+    if not isinstance(centered, bool):
+        raise TypeError(f"centered must be a bool, got {centered!r}")
+    return chain(
+        estimate_second_moment(decay),
+        *([center_second_moment(decay)] if centered else []),
+        normalize_by_second_moment(eps, eps_root),
+        *_sgd_direction(momentum, False),
+        scale_by_learning_rate(learning_rate),
+        name="rmsprop",
+    )
+
+
+def adam(
+    learning_rate: LearningRate,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    amsgrad: bool = False,
+    *,
+    amsgrad_max_of: str = "raw",
+    bias_correction: bool = True,
+    moment_dtype: Any = None,
+) -> Transform:
+    """Adam (and AMSGrad with ``amsgrad=True``), without weight decay.
+
+    ``amsgrad_max_of="raw"`` keeps the maximum of the uncorrected ``v`` (torch, Keras);
+    ``"corrected"`` of the bias-corrected one (optax). ``bias_correction=False`` drops the
+    correction transform; ``moment_dtype`` sets the dtype of ``m`` and ``v``.
+    """
+    return chain(
+        *_adam_core(b1, b2, eps, eps_root, amsgrad, amsgrad_max_of, bias_correction, moment_dtype),
+        scale_by_learning_rate(learning_rate),
+        name="adam",
+    )
+
+
+def adam_l2(
+    learning_rate: LearningRate,
+    weight_decay: float,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    amsgrad: bool = False,
+    mask: Any = None,
+    *,
+    amsgrad_max_of: str = "raw",
+    bias_correction: bool = True,
+    moment_dtype: Any = None,
+) -> Transform:
+    """Adam with L2 regularization (``torch.optim.Adam(weight_decay=...)``).
+
+    ``lambda * theta`` joins the gradient *before* the moments, so its effect on each weight is
+    divided by that weight's ``sqrt(vhat) + eps``.
+    """
+    return chain(
+        add_l2_regularization(weight_decay, mask),
+        *_adam_core(b1, b2, eps, eps_root, amsgrad, amsgrad_max_of, bias_correction, moment_dtype),
+        scale_by_learning_rate(learning_rate),
+        name="adam_l2",
+    )
+
+
+def adamw(
+    learning_rate: LearningRate,
+    weight_decay: float = 1e-2,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    amsgrad: bool = False,
+    mask: Any = None,
+    decay_scaling: DecayScaling = "learning_rate",
+    peak_learning_rate: float | None = None,
+    *,
+    amsgrad_max_of: str = "raw",
+    bias_correction: bool = True,
+    moment_dtype: Any = None,
+) -> Transform:
+    """AdamW: Adam plus weight decay applied to the parameters *after* the adaptive step.
+
+    Every weight shrinks by the same fraction ``eta_t * weight_decay`` per step, ``eta_t`` set
+    by ``decay_scaling`` (see :func:`decay_multiplier`). With the default
+    ``"learning_rate"`` it matches ``torch.optim.AdamW`` and ``optax.adamw``.
+    """
+    return chain(
+        *_adam_core(b1, b2, eps, eps_root, amsgrad, amsgrad_max_of, bias_correction, moment_dtype),
+        scale_by_learning_rate(learning_rate),
+        decoupled_weight_decay(
+            weight_decay, decay_multiplier(learning_rate, decay_scaling, peak_learning_rate), mask
+        ),
+        name="adamw",
+    )

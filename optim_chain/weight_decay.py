@@ -1,0 +1,148 @@
+"""Where weight decay enters: coupled (L2, into the gradient) or decoupled (onto the parameters).
+
+The difference between Adam+L2 and AdamW is only *where* one of these two transforms sits in a
+chain:
+
+* :func:`add_l2_regularization` goes **first**, so ``lambda * theta`` is averaged into the
+  moments and divided by ``sqrt(vhat) + eps`` like the gradient: each weight ends up decayed by
+  ``lr * lambda / (sqrt(vhat) + eps)``, large for weights with small gradients.
+* :func:`decoupled_weight_decay` goes **last**, after the learning rate was applied, so every
+  weight shrinks by the same fraction ``eta_t * lambda`` whatever its gradient history
+  (Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, ICLR 2019).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from optim_chain import _validation
+from optim_chain._tree import check_same_structure, compute_dtype, increment
+from optim_chain.masks import Predicate, resolve_mask
+from optim_chain.transform import Transform, stateless
+
+Schedule = Callable[[jax.Array], Any]
+
+
+def _check_mask(mask: Any) -> None:
+    if mask is None or isinstance(mask, Predicate) or callable(mask):
+        return
+    leaves = jax.tree.leaves(mask)
+    bad = [x for x in leaves if not (isinstance(x, bool) or getattr(x, "dtype", None) == np.bool_)]
+    if bad:
+        raise TypeError(
+            f"mask must be None, a Predicate, a callable params -> bool pytree, or a bool pytree; "
+            f"got a pytree with the non-bool leaf {bad[0]!r}"
+        )
+
+
+def _decay_selected(
+    name: str, mask: Any, updates: Any, params: Any, decay: Callable[[jax.Array, jax.Array], jax.Array]
+) -> Any:
+    """Applies ``decay(update, param)`` on the leaves that ``mask`` selects, passes others through."""
+    if params is None:
+        raise ValueError(f"{name} needs the params: call update(updates, state, params)")
+    check_same_structure(updates, params)
+    flags = resolve_mask(mask, params)
+    leaves, treedef = jax.tree.flatten(updates)
+    param_leaves = jax.tree.leaves(params)
+    out = [decay(u, p).astype(u.dtype) if flag else u for u, p, flag in zip(leaves, param_leaves, flags)]
+    return jax.tree.unflatten(treedef, out)
+
+
+def add_l2_regularization(weight_decay: float, mask: Any = None) -> Transform:
+    r"""Coupled (L2) regularization: adds the gradient of ``lambda/2 * ||theta||^2``.
+
+    .. math:: g_t \leftarrow g_t + \lambda \theta_{t-1}
+
+    Place it *before* any moment estimation: that is what makes the regularizer pass through
+    the adaptive denominator (Adam+L2, ``torch.optim.Adam(weight_decay=...)``). For plain SGD
+    it equals decoupled decay (Loshchilov & Hutter, Prop. 1).
+
+    Args:
+      weight_decay: ``lambda >= 0``.
+      mask: which leaves are regularized (see :mod:`optim_chain.masks`); ``None`` means all.
+
+    Example::
+
+      >>> opt = oc.chain(oc.add_l2_regularization(1e-4), oc.scale_by_learning_rate(0.1))
+    """
+    _validation.non_negative("weight_decay", weight_decay)
+    _check_mask(mask)
+
+    def update(updates: Any, params: Any) -> Any:
+        return _decay_selected(
+            "add_l2_regularization",
+            mask,
+            updates,
+            params,
+            lambda g, p: g + jnp.asarray(weight_decay, compute_dtype(g.dtype)) * p,
+        )
+
+    return stateless("add_l2_regularization", update, weight_decay=weight_decay, mask=mask)
+
+
+class DecoupledWeightDecayState(NamedTuple):
+    """Step counter used to evaluate ``multiplier`` when it is a schedule."""
+
+    count: jax.Array
+
+
+def decoupled_weight_decay(
+    weight_decay: float, multiplier: float | Schedule = 1.0, mask: Any = None
+) -> Transform:
+    r"""Decoupled weight decay: shrinks the parameters directly, outside every preconditioner.
+
+    .. math:: u_t \leftarrow u_t - \eta_t \lambda \theta_{t-1}
+
+    ``u_t`` is the update *after* the learning rate was applied (it already carries the minus
+    sign), so this transform goes **last** in a chain. ``eta_t = multiplier(t)`` picks the
+    convention (see :func:`optim_chain.adamw`'s ``decay_scaling``):
+
+    * ``multiplier=learning_rate`` (PyTorch ``AdamW``, optax ``adamw``, Keras):
+      ``theta -= lr_t * lambda * theta``;
+    * ``multiplier=lambda t: lr(t) / lr_peak`` (the paper's Algorithm 2, Composer's
+      ``DecoupledAdamW``): the schedule multiplier only;
+    * ``multiplier=1.0``: ``theta *= 1 - lambda`` each step, whatever the learning rate.
+
+    Args:
+      weight_decay: ``lambda >= 0``.
+      multiplier: a non-negative constant or a schedule ``step -> eta_t`` (step counts from 0).
+      mask: which leaves decay (see :mod:`optim_chain.masks`); ``None`` means all.
+
+    Example::
+
+      >>> opt = oc.chain(oc.scale_by_learning_rate(1e-3), oc.decoupled_weight_decay(0.1, 1e-3))
+
+    Reference: Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, ICLR 2019.
+    """
+    _validation.non_negative("weight_decay", weight_decay)
+    _validation.rate("multiplier", multiplier)
+    _check_mask(mask)
+
+    def init(params: Any) -> DecoupledWeightDecayState:
+        del params
+        return DecoupledWeightDecayState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates: Any, state: DecoupledWeightDecayState, params: Any = None, **extra: Any):
+        del extra
+        eta = multiplier(state.count) if callable(multiplier) else multiplier
+
+        def decay(u: jax.Array, p: jax.Array) -> jax.Array:
+            dtype = compute_dtype(u.dtype)
+            factor = jnp.asarray(eta, dtype) * jnp.asarray(weight_decay, dtype)
+            return u - factor * p
+
+        new_updates = _decay_selected("decoupled_weight_decay", mask, updates, params, decay)
+        return new_updates, DecoupledWeightDecayState(count=increment(state.count))
+
+    return Transform(
+        init,
+        update,
+        name="decoupled_weight_decay",
+        hyperparams={"weight_decay": weight_decay, "multiplier": multiplier, "mask": mask},
+    )
