@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from optim_chain import _validation
 from optim_chain._tree import compute_dtype, increment
@@ -26,7 +27,8 @@ def scale_by_learning_rate(learning_rate: float | Callable[[jax.Array], Any]) ->
 
     Args:
       learning_rate: a constant ``>= 0`` or an optax schedule ``step -> lr`` (the first update
-        uses ``lr(0)``, as in optax).
+        uses ``lr(0)``, as in optax). With a schedule the state is a :class:`LearningRateState`
+        counting steps; with a constant it is ``optax.EmptyState()``.
 
     Example::
 
@@ -36,7 +38,12 @@ def scale_by_learning_rate(learning_rate: float | Callable[[jax.Array], Any]) ->
 
     def init(params: Any) -> LearningRateState:
         del params
-        return LearningRateState(count=jnp.zeros([], jnp.int32))
+        # Only a schedule reads the counter; a constant rate keeps no state (as optax does).
+        return (
+            LearningRateState(count=jnp.zeros([], jnp.int32))
+            if callable(learning_rate)
+            else optax.EmptyState()
+        )
 
     def update(updates: Any, state: LearningRateState, params: Any = None, **extra: Any):
         del params, extra
@@ -45,6 +52,8 @@ def scale_by_learning_rate(learning_rate: float | Callable[[jax.Array], Any]) ->
         def scale(u: jax.Array) -> jax.Array:
             return (-jnp.asarray(lr, compute_dtype(u.dtype)) * u).astype(u.dtype)
 
+        if not callable(learning_rate):
+            return jax.tree.map(scale, updates), state
         return jax.tree.map(scale, updates), LearningRateState(count=increment(state.count))
 
     return Transform(

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from optim_chain import _validation
 from optim_chain._tree import check_same_structure, compute_dtype, increment
@@ -112,6 +113,8 @@ def decoupled_weight_decay(
     Args:
       weight_decay: ``lambda >= 0``.
       multiplier: a non-negative constant or a schedule ``step -> eta_t`` (step counts from 0).
+        With a schedule the state is a :class:`DecoupledWeightDecayState` counting steps; with a
+        constant it is ``optax.EmptyState()``.
       mask: which leaves decay (see :mod:`optim_chain.masks`); ``None`` means all.
 
     Example::
@@ -126,7 +129,12 @@ def decoupled_weight_decay(
 
     def init(params: Any) -> DecoupledWeightDecayState:
         del params
-        return DecoupledWeightDecayState(count=jnp.zeros([], jnp.int32))
+        # Only a schedule reads the counter; a constant multiplier keeps no state.
+        return (
+            DecoupledWeightDecayState(count=jnp.zeros([], jnp.int32))
+            if callable(multiplier)
+            else optax.EmptyState()
+        )
 
     def update(updates: Any, state: DecoupledWeightDecayState, params: Any = None, **extra: Any):
         del extra
@@ -138,6 +146,8 @@ def decoupled_weight_decay(
             return u - factor * p
 
         new_updates = _decay_selected("decoupled_weight_decay", mask, updates, params, decay)
+        if not callable(multiplier):
+            return new_updates, state
         return new_updates, DecoupledWeightDecayState(count=increment(state.count))
 
     return Transform(
