@@ -36,6 +36,7 @@ from optim_chain.presets import (
     sgd_l2,
     sgdw,
 )
+from optim_chain.streaming import update_and_apply
 from optim_chain.transform import Transform, chain
 from optim_chain.weight_decay import (
     DecoupledWeightDecayState,
@@ -80,4 +81,5 @@ __all__ = [
     "sgd",
     "sgd_l2",
     "sgdw",
+    "update_and_apply",
 ]
