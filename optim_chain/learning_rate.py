@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from optim_chain import _validation
 from optim_chain._tree import compute_dtype, increment
+from optim_chain.moments import _expect_step
 from optim_chain.transform import Transform
 
 
@@ -40,6 +41,7 @@ def scale_by_learning_rate(learning_rate: float | Callable[[jax.Array], Any]) ->
 
     def update(updates: Any, state: LearningRateState, params: Any = None, **extra: Any):
         del params, extra
+        _expect_step("scale_by_learning_rate", updates)
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
 
         def scale(u: jax.Array) -> jax.Array:

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from optim_chain import _validation
-from optim_chain._tree import full_like, zeros_like
+from optim_chain._tree import compute_dtype, full_like, zeros_like
 from optim_chain.transform import Transform
 
 
@@ -46,6 +46,15 @@ def _expect_gradients(name: str, updates: Any) -> None:
         raise TypeError(f"{name} takes gradients, but received MomentEstimates: it must come first")
 
 
+def _expect_step(name: str, updates: Any) -> None:
+    """Refuses ``MomentEstimates`` in a transform that acts on gradients or steps, elementwise."""
+    if isinstance(updates, MomentEstimates):
+        raise TypeError(
+            f"{name} takes gradients or steps, but received MomentEstimates: place it before the "
+            "moment estimator, or after normalize_by_second_moment has turned the moments into a step"
+        )
+
+
 def _expect_moments(name: str, updates: Any) -> MomentEstimates:
     if not isinstance(updates, MomentEstimates):
         raise TypeError(
@@ -56,9 +65,14 @@ def _expect_moments(name: str, updates: Any) -> MomentEstimates:
 
 
 def _ema(decay: Any, average: jax.Array, value: jax.Array) -> jax.Array:
-    """``decay * average + (1 - decay) * value`` in ``average``'s dtype."""
-    d = jnp.asarray(decay, average.dtype)
-    return (d * average + (1 - d) * value.astype(average.dtype)).astype(average.dtype)
+    """``decay * average + (1 - decay) * value``, stored in ``average``'s dtype.
+
+    The arithmetic runs in at least float32: in bfloat16, ``0.999`` rounds to ``1.0`` and
+    ``1 - decay`` would vanish, leaving the average at zero forever.
+    """
+    dtype = compute_dtype(average.dtype)
+    d = jnp.asarray(decay, dtype)
+    return (d * average.astype(dtype) + (1 - d) * value.astype(dtype)).astype(average.dtype)
 
 
 class MomentsState(NamedTuple):

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from optim_chain import _validation
 from optim_chain._tree import zeros_like
+from optim_chain.moments import _expect_step
 from optim_chain.transform import Transform
 
 
@@ -47,6 +48,7 @@ def add_momentum(momentum: float = 0.9, nesterov: bool = False) -> Transform:
 
     def update(updates: Any, state: MomentumState, params: Any = None, **extra: Any):
         del params, extra
+        _expect_step("add_momentum", updates)
 
         def step(u: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
             mu = jnp.asarray(momentum, b.dtype)

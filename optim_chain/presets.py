@@ -166,6 +166,7 @@ def adagrad(
 
     optax's convention is ``initial_accumulator_value=0.1, eps=0.0, eps_root=1e-7``.
     """
+    _validation.non_negative("initial_accumulator_value", initial_accumulator_value)
     return chain(
         accumulate_second_moment(initial_accumulator_value),
         normalize_by_second_moment(eps, eps_root),
