@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 INT32_MAX = jnp.iinfo(jnp.int32).max
 
@@ -68,25 +69,66 @@ def leaf_paths(tree: Any) -> list[str]:
     return [path_to_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
-def check_same_structure(updates: Any, params: Any, what: str = "updates") -> None:
-    """Raises a ``ValueError`` naming the first path where ``updates`` and ``params`` differ."""
+def check_same_structure(updates: Any, params: Any, what: str = "updates", against: str = "params") -> None:
+    """Raises a ``ValueError`` naming the first path where ``updates`` and ``params`` differ.
+
+    ``what`` and ``against`` are the names the message gives the two trees.
+    """
     if jax.tree.structure(updates) == jax.tree.structure(params):
         return
     ours, theirs = leaf_paths(updates), leaf_paths(params)
     for index, (a, b) in enumerate(zip(ours, theirs)):
         if a != b:
             raise ValueError(
-                f"{what} and params differ in structure at leaf {index}: {what} has "
-                f"{a!r} where params has {b!r}"
+                f"{what} and {against} differ in structure at leaf {index}: {what} has "
+                f"{a!r} where {against} has {b!r}"
             )
     if len(ours) != len(theirs):
-        longer, name = (ours, what) if len(ours) > len(theirs) else (theirs, "params")
+        longer, name = (ours, what) if len(ours) > len(theirs) else (theirs, against)
         extra = longer[min(len(ours), len(theirs))]
         raise ValueError(
-            f"{what} has {len(ours)} leaves and params has {len(theirs)}; "
+            f"{what} has {len(ours)} leaves and {against} has {len(theirs)}; "
             f"first unmatched leaf {extra!r} is only in {name}"
         )
     raise ValueError(
-        f"{what} and params have the same leaf paths but different container types: "
+        f"{what} and {against} have the same leaf paths but different container types: "
         f"{jax.tree.structure(updates)} vs {jax.tree.structure(params)}"
     )
+
+
+def check_matching(updates: Any, reference: Any, what: str = "updates", against: str = "params") -> None:
+    """Like :func:`check_same_structure`, and also checks that every pair of leaves has one shape.
+
+    Shapes are static, so under ``jax.jit`` this costs nothing at run time. Without it a
+    gradient of shape ``(3, 1)`` against a state of shape ``(3,)`` would broadcast silently.
+    """
+    check_same_structure(updates, reference, what, against)
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(updates)[0], jax.tree.leaves(reference)):
+        if np.shape(a) != np.shape(b):
+            raise ValueError(
+                f"{what} leaf {path_to_str(path)!r} has shape {tuple(np.shape(a))} but {against} has "
+                f"shape {tuple(np.shape(b))} there"
+            )
+
+
+def leaf_dtype(leaf: Any) -> np.dtype:
+    """The dtype of an array, a ``jax.ShapeDtypeStruct`` or a Python/NumPy scalar leaf."""
+    return np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.result_type(leaf)
+
+
+def check_float_params(params: Any, transform: str) -> None:
+    """Raises a ``TypeError`` naming the first leaf of ``params`` that is not real floating point.
+
+    Integer and boolean leaves (step counters, masks, token ids) have no gradient step to take:
+    an optimizer state for them would be integer moments and truncated updates, silently wrong.
+    They must be kept out of the optimized tree instead.
+    """
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        dtype = leaf_dtype(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"{transform}: parameter {path_to_str(path)!r} has dtype {np.dtype(dtype).name}; only "
+                "real floating-point leaves can be optimized. Keep integer, boolean and complex leaves "
+                "out of the params given to the optimizer (filter the tree, or wrap the optimizer in "
+                "optax.masked)"
+            )

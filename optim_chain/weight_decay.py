@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optim_chain import _validation
-from optim_chain._tree import check_same_structure, compute_dtype, increment
+from optim_chain._tree import check_float_params, check_matching, compute_dtype, increment
 from optim_chain.masks import Predicate, resolve_mask
 from optim_chain.transform import Transform, stateless
 
@@ -46,7 +46,7 @@ def _decay_selected(
     """Applies ``decay(update, param)`` on the leaves that ``mask`` selects, passes others through."""
     if params is None:
         raise ValueError(f"{name} needs the params: call update(updates, state, params)")
-    check_same_structure(updates, params)
+    check_matching(updates, params)
     flags = resolve_mask(mask, params)
     leaves, treedef = jax.tree.flatten(updates)
     param_leaves = jax.tree.leaves(params)
@@ -125,7 +125,7 @@ def decoupled_weight_decay(
     _check_mask(mask)
 
     def init(params: Any) -> DecoupledWeightDecayState:
-        del params
+        check_float_params(params, "decoupled_weight_decay")
         return DecoupledWeightDecayState(count=jnp.zeros([], jnp.int32))
 
     def update(updates: Any, state: DecoupledWeightDecayState, params: Any = None, **extra: Any):
