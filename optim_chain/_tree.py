@@ -35,6 +35,14 @@ def full_like(tree: Any, value: float, dtype: Any = None) -> Any:
     return jax.tree.map(lambda z: z + jnp.asarray(value, z.dtype), zeros_like(tree, dtype))
 
 
+def map_pair(fn: Any, tree: Any, *others: Any) -> tuple[Any, Any]:
+    """``jax.tree.map`` for a ``fn`` that returns a pair: returns the two trees (empty trees too)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    rest = [treedef.flatten_up_to(other) for other in others]
+    pairs = [fn(*xs) for xs in zip(leaves, *rest)]
+    return treedef.unflatten([p[0] for p in pairs]), treedef.unflatten([p[1] for p in pairs])
+
+
 def increment(count: jax.Array) -> jax.Array:
     """Adds one to an int32 step counter, saturating at the largest int32 instead of wrapping."""
     return jnp.where(count < INT32_MAX, count + 1, INT32_MAX).astype(jnp.int32)
@@ -77,22 +85,24 @@ def check_same_structure(updates: Any, params: Any, what: str = "updates", again
     if jax.tree.structure(updates) == jax.tree.structure(params):
         return
     ours, theirs = leaf_paths(updates), leaf_paths(params)
-    for index, (a, b) in enumerate(zip(ours, theirs)):
-        if a != b:
-            raise ValueError(
-                f"{what} and {against} differ in structure at leaf {index}: {what} has "
-                f"{a!r} where {against} has {b!r}"
-            )
-    if len(ours) != len(theirs):
-        longer, name = (ours, what) if len(ours) > len(theirs) else (theirs, against)
-        extra = longer[min(len(ours), len(theirs))]
+    only_ours = [p for p in ours if p not in set(theirs)]
+    only_theirs = [p for p in theirs if p not in set(ours)]
+    if only_ours or only_theirs:
+        detail = []
+        if only_theirs:
+            detail.append(f"leaves of {against} missing from {what}: {only_theirs[:5]}")
+        if only_ours:
+            detail.append(f"leaves of {what} not in {against}: {only_ours[:5]}")
+        raise ValueError(f"{what} and {against} differ in structure; " + "; ".join(detail))
+    if ours != theirs:
+        index = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
         raise ValueError(
-            f"{what} has {len(ours)} leaves and {against} has {len(theirs)}; "
-            f"first unmatched leaf {extra!r} is only in {name}"
+            f"{what} and {against} hold the same leaves in a different order: leaf {index} is "
+            f"{ours[index]!r} in {what} and {theirs[index]!r} in {against}"
         )
     raise ValueError(
-        f"{what} and {against} have the same leaf paths but different container types: "
-        f"{jax.tree.structure(updates)} vs {jax.tree.structure(params)}"
+        f"{what} and {against} have the same leaf paths but different containers (or None "
+        f"placeholders): {jax.tree.structure(updates)} vs {jax.tree.structure(params)}"
     )
 
 

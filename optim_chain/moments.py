@@ -31,6 +31,7 @@ from optim_chain._tree import (
     compute_dtype,
     full_like,
     leaf_dtype,
+    map_pair,
     zeros_like,
 )
 from optim_chain.transform import Transform
@@ -84,14 +85,6 @@ def _ema(
     d = jnp.asarray(decay, dtype)
     new = d * average.astype(dtype) + (1 - d) * x
     return new.astype(average.dtype), new.astype(emitted)
-
-
-def _map_pair(fn: Any, tree: Any, *others: Any) -> tuple[Any, Any]:
-    """Applies ``fn`` leaf by leaf where it returns a pair; returns the two trees."""
-    leaves, treedef = jax.tree.flatten(tree)
-    rest = [treedef.flatten_up_to(other) for other in others]
-    pairs = [fn(*xs) for xs in zip(leaves, *rest)]
-    return treedef.unflatten([p[0] for p in pairs]), treedef.unflatten([p[1] for p in pairs])
 
 
 def _check_decay(name: str, decay: Any, params: Any, moment_dtype: Any) -> None:
@@ -150,8 +143,8 @@ def estimate_moments(b1: float = 0.9, b2: float = 0.999, moment_dtype: Any = Non
         del params, extra
         _expect_gradients("estimate_moments", updates)
         check_matching(updates, state.mu, _GRADIENTS, _STATE)
-        mu, first = _map_pair(lambda m, g: _ema(b1, m, g), state.mu, updates)
-        nu, second = _map_pair(lambda v, g: _ema(b2, v, g, square=True), state.nu, updates)
+        mu, first = map_pair(lambda m, g: _ema(b1, m, g), state.mu, updates)
+        nu, second = map_pair(lambda v, g: _ema(b2, v, g, square=True), state.nu, updates)
         return MomentEstimates(first, second), MomentsState(mu=mu, nu=nu)
 
     return Transform(
@@ -191,7 +184,7 @@ def estimate_second_moment(decay: float = 0.99, moment_dtype: Any = None) -> Tra
         del params, extra
         _expect_gradients("estimate_second_moment", updates)
         check_matching(updates, state.nu, _GRADIENTS, _STATE)
-        nu, second = _map_pair(lambda v, g: _ema(decay, v, g, square=True), state.nu, updates)
+        nu, second = map_pair(lambda v, g: _ema(decay, v, g, square=True), state.nu, updates)
         return MomentEstimates(updates, second), SecondMomentState(nu=nu)
 
     return Transform(
@@ -230,7 +223,7 @@ def accumulate_second_moment(initial_value: float = 0.0, moment_dtype: Any = Non
         del params, extra
         _expect_gradients("accumulate_second_moment", updates)
         check_matching(updates, state.nu, _GRADIENTS, _STATE)
-        nu, second = _map_pair(accumulate, state.nu, updates)
+        nu, second = map_pair(accumulate, state.nu, updates)
         return MomentEstimates(updates, second), SecondMomentState(nu=nu)
 
     return Transform(
@@ -280,7 +273,7 @@ def center_second_moment(decay: float = 0.99, moment_dtype: Any = None) -> Trans
         del params, extra
         moments = _expect_moments("center_second_moment", updates)
         check_matching(moments.first, state.mean, _GRADIENTS, _STATE)
-        mean, running = _map_pair(lambda a, g: _ema(decay, a, g), state.mean, moments.first)
+        mean, running = map_pair(lambda a, g: _ema(decay, a, g), state.mean, moments.first)
         second = jax.tree.map(center, moments.second, running)
         return MomentEstimates(moments.first, second), CenteredState(mean=mean)
 
@@ -330,7 +323,7 @@ def max_second_moment(moment_dtype: Any = None) -> Transform:
         del params, extra
         moments = _expect_moments("max_second_moment", updates)
         check_matching(moments.second, state.nu_max, _GRADIENTS, _STATE)
-        nu_max, second = _map_pair(running_max, state.nu_max, moments.second)
+        nu_max, second = map_pair(running_max, state.nu_max, moments.second)
         return MomentEstimates(moments.first, second), MaxSecondMomentState(nu_max=nu_max)
 
     return Transform(init, update, name="max_second_moment", hyperparams={"moment_dtype": moment_dtype})

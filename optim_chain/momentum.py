@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from optim_chain import _validation
-from optim_chain._tree import check_float_params, check_matching, compute_dtype, zeros_like
+from optim_chain._tree import check_float_params, check_matching, compute_dtype, map_pair, zeros_like
 from optim_chain.transform import Transform
 
 
@@ -58,9 +58,7 @@ def add_momentum(momentum: float = 0.9, nesterov: bool = False) -> Transform:
             out = (u.astype(dtype) + mu * buffer) if nesterov else buffer
             return out.astype(u.dtype), buffer.astype(b.dtype)
 
-        pairs = jax.tree.map(step, updates, state.buffer)
-        treedef = jax.tree.structure(updates)
-        out, buffer = jax.tree.transpose(treedef, jax.tree.structure((0, 0)), pairs)
+        out, buffer = map_pair(step, updates, state.buffer)
         return out, MomentumState(buffer=buffer)
 
     return Transform(

@@ -76,7 +76,10 @@ def _set_weight_decay(state, value):
     inner = state.inner_state if isinstance(state, oc.SkipNonfiniteState) else state
     if "weight_decay" not in inner.hyperparams:
         return state
-    hyperparams = {**inner.hyperparams, "weight_decay": jnp.asarray(value, inner.hyperparams["weight_decay"].dtype)}
+    hyperparams = {
+        **inner.hyperparams,
+        "weight_decay": jnp.asarray(value, inner.hyperparams["weight_decay"].dtype),
+    }
     inner = inner._replace(hyperparams=hyperparams)
     return state._replace(inner_state=inner) if isinstance(state, oc.SkipNonfiniteState) else inner
 

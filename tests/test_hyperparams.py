@@ -91,7 +91,12 @@ def test_adamw_hyperparameters_change_every_step_without_recompiling():
 def test_mask_and_skip_nonfinite_stay_static():
     """A mask is callable, so optax would take it for a schedule: it goes in ``static_args``."""
     opt = optax.inject_hyperparams(oc.adamw, static_args=("mask",))(
-        learning_rate=1e-2, weight_decay=0.1, b1=0.9, b2=0.999, mask=oc.masks.ndim_at_least(2), skip_nonfinite=True
+        learning_rate=1e-2,
+        weight_decay=0.1,
+        b1=0.9,
+        b2=0.999,
+        mask=oc.masks.ndim_at_least(2),
+        skip_nonfinite=True,
     )
     history, traces = _run(opt, ["learning_rate", "weight_decay", "b1", "b2"])
     assert traces == 1
@@ -111,14 +116,22 @@ def test_sgd_momentum_injected_from_zero():
         h = _schedule(t)
         for k in params:
             buffer[k] = h["momentum"] * buffer[k] + np.asarray(_grads(t)[k])
-            params[k] = params[k] - h["learning_rate"] * buffer[k] - h["learning_rate"] * h["weight_decay"] * params[k]
+            params[k] = (
+                params[k]
+                - h["learning_rate"] * buffer[k]
+                - h["learning_rate"] * h["weight_decay"] * params[k]
+            )
     chex.assert_trees_all_close(history[-1], params, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize(
     "factory, kwargs, names",
     [
-        (oc.rmsprop, {"learning_rate": 1e-2, "centered": True, "momentum": 0.5}, ["learning_rate", "momentum"]),
+        (
+            oc.rmsprop,
+            {"learning_rate": 1e-2, "centered": True, "momentum": 0.5},
+            ["learning_rate", "momentum"],
+        ),
         (oc.adagrad, {"learning_rate": 0.1}, ["learning_rate"]),
         (oc.adam_l2, {"learning_rate": 1e-2, "weight_decay": 0.1}, ["learning_rate", "weight_decay", "b1"]),
     ],
