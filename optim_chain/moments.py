@@ -15,6 +15,15 @@ transform                            ``first``                       ``second``
 :func:`accumulate_second_moment`     ``g``                           ``v + g^2``
 (Adagrad)
 ===================================  ==============================  ==========================
+
+Dtypes: the state is stored in ``moment_dtype`` (default: each parameter's dtype); the
+arithmetic, decay rates included, runs in at least float32 and is rounded once when stored; the
+``MomentEstimates`` passed on are in the wider of the gradient's and the state's dtypes (float32
+moments for bfloat16 gradients give float32 estimates, and so float32 updates, as in optax).
+
+Every ``update`` checks that the incoming tree has the structure and leaf shapes of the state
+(built from the params at ``init``) and raises a ``ValueError`` naming the paths otherwise; every
+``init`` refuses non-floating-point leaves with a ``TypeError`` naming the path.
 """
 
 from __future__ import annotations

@@ -4,11 +4,10 @@ import chex
 import jax
 import jax.numpy as jnp
 import optax
+import orbax.checkpoint as ocp
 import pytest
 
 import optim_chain as oc
-
-ocp = pytest.importorskip("orbax.checkpoint")
 
 TOTAL, INTERRUPT = 10, 5
 NAN_STEPS = (2, 7)  # one skipped step before the checkpoint, one after

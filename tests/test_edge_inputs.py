@@ -69,10 +69,10 @@ def test_scalar_zero_size_and_none_leaves(preset):
         assert updates["empty"].shape == (0,) and updates["empty_matrix"].shape == (3, 0)
         assert updates["scalar"].shape == ()
         chex.assert_tree_all_finite(updates)
-    alone_w, _ = _run(opt, {"w": odd["w"]})
-    alone_scalar, _ = _run(opt, {"scalar": odd["scalar"]})
-    chex.assert_trees_all_close(final["w"], alone_w["w"], rtol=1e-13)
-    chex.assert_trees_all_close(final["scalar"], alone_scalar["scalar"], rtol=1e-13)
+    ordinary, _ = _run(opt, {"w": odd["w"], "scalar": odd["scalar"]})
+    chex.assert_trees_all_close(
+        (final["w"], final["scalar"]), (ordinary["w"], ordinary["scalar"]), rtol=1e-13
+    )
 
 
 def test_none_leaves_in_a_mask_tree():

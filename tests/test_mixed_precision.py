@@ -13,10 +13,7 @@ BF16, F32 = jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32)
 
 # preset -> builder taking moment_dtype; how many param-shaped trees its state holds
 ADAPTIVE = {
-    "adam": (lambda md: oc.adam(1e-2, moment_dtype=md), 2),
-    "amsgrad": (lambda md: oc.adam(1e-2, amsgrad=True, moment_dtype=md), 3),
-    "adam_l2": (lambda md: oc.adam_l2(1e-2, 1e-2, moment_dtype=md), 2),
-    "adamw": (lambda md: oc.adamw(1e-2, 0.1, moment_dtype=md, skip_nonfinite=True), 2),
+    "adamw_amsgrad": (lambda md: oc.adamw(1e-2, 0.1, amsgrad=True, moment_dtype=md, skip_nonfinite=True), 3),
     "rmsprop": (lambda md: oc.rmsprop(1e-2, centered=True, moment_dtype=md), 2),
     "adagrad": (lambda md: oc.adagrad(0.1, initial_accumulator_value=0.1, moment_dtype=md), 1),
 }

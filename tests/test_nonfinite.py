@@ -12,14 +12,11 @@ import optim_chain as oc
 INT32_MAX = np.iinfo(np.int32).max
 
 PRESETS = {
-    "sgd": lambda **kw: oc.sgd(0.1, **kw),
     "sgd_nesterov": lambda **kw: oc.sgd(0.1, momentum=0.9, nesterov=True, **kw),
     "sgd_l2": lambda **kw: oc.sgd_l2(0.1, 1e-2, momentum=0.9, **kw),
-    "sgdw": lambda **kw: oc.sgdw(0.1, 1e-2, momentum=0.9, mask=oc.default_decay_mask, **kw),
     "adagrad": lambda **kw: oc.adagrad(0.1, initial_accumulator_value=0.1, **kw),
     "rmsprop": lambda **kw: oc.rmsprop(1e-2, centered=True, momentum=0.9, **kw),
     "amsgrad": lambda **kw: oc.adam(1e-2, amsgrad=True, **kw),
-    "adam_l2": lambda **kw: oc.adam_l2(1e-2, 1e-2, **kw),
     "adamw": lambda **kw: oc.adamw(
         optax.linear_schedule(1e-2, 1e-3, 10), 0.1, mask=oc.default_decay_mask, **kw
     ),
@@ -154,3 +151,21 @@ def test_empty_and_integer_free_trees_are_always_finite():
     state = opt.init({})
     updates, state = opt.update({}, state, {})
     assert updates == {} and int(state.skipped) == 0
+
+
+@pytest.mark.parametrize("preset", ["adam_l2", "sgdw"])
+def test_nonfinite_params_reaching_the_updates_are_skipped_and_show_in_consecutive(preset):
+    """A NaN parameter enters the update through weight decay: every step is refused, and counted."""
+    opt = {
+        "adam_l2": lambda: oc.adam_l2(1e-2, 1e-2, skip_nonfinite=True),
+        "sgdw": lambda: oc.sgdw(0.1, 1e-2, momentum=0.9, skip_nonfinite=True),
+    }[preset]()
+    params = _poison(_params(), np.nan)
+    state = opt.init(params)
+    initial = state.inner_state
+    update = jax.jit(opt.update)
+    for t in range(3):
+        updates, state = update(_grads(t), state, params)
+        chex.assert_trees_all_equal(updates, jax.tree.map(jnp.zeros_like, updates))
+    chex.assert_trees_all_equal(state.inner_state, initial)
+    assert int(state.skipped) == 3 and int(state.consecutive) == 3
