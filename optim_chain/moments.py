@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from optim_chain import _validation
 from optim_chain._tree import (
@@ -103,7 +104,7 @@ def _check_decay(name: str, decay: Any, params: Any, moment_dtype: Any) -> None:
     for param_dtype in {leaf_dtype(leaf) for leaf in jax.tree.leaves(params)}:
         stored = jnp.dtype(param_dtype if moment_dtype is None else moment_dtype)
         dtype = compute_dtype(jnp.promote_types(stored, param_dtype))
-        if float(jnp.asarray(decay, dtype)) == 1.0:
+        if float(np.asarray(decay, dtype)) == 1.0:
             raise ValueError(
                 f"{name}={decay!r} rounds to 1 in {dtype.name}, so the average would never change; "
                 f"use a smaller {name} or a wider moment_dtype"
