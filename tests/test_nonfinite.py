@@ -146,7 +146,7 @@ def test_wrapper_prints_around_its_chain_and_validates_its_flag():
         oc.skip_nonfinite(lambda g: g)
 
 
-def test_empty_and_integer_free_trees_are_always_finite():
+def test_an_empty_tree_is_never_skipped():
     opt = oc.adamw(1e-3, skip_nonfinite=True)
     state = opt.init({})
     updates, state = opt.update({}, state, {})
