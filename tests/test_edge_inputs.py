@@ -28,8 +28,8 @@ def _grads_like(params, t=0):
     return jax.tree.map(lambda p: jnp.cos(p + t) + 0.1, params)
 
 
-def _run(opt, params, steps=3):
-    update = jax.jit(opt.update)
+def _run(opt, params, steps=3, jit=False):
+    update = jax.jit(opt.update) if jit else opt.update
     state = opt.init(params)
     history = []
     for t in range(steps):
@@ -73,6 +73,16 @@ def test_scalar_zero_size_and_none_leaves(preset):
     chex.assert_trees_all_close(
         (final["w"], final["scalar"]), (ordinary["w"], ordinary["scalar"]), rtol=1e-13
     )
+
+
+@pytest.mark.parametrize("preset", ["adamw_skip", "rmsprop"])
+def test_odd_leaves_under_jit(preset):
+    odd = {"scalar": jnp.ones((), jnp.float64), "empty": jnp.zeros((3, 0)), "frozen": None, "w": jnp.ones(2)}
+    opt = PRESETS[preset]()
+    compiled, _ = _run(opt, odd, jit=True)
+    eager, _ = _run(opt, odd)
+    chex.assert_trees_all_close(compiled, eager, rtol=1e-13)
+    assert compiled["frozen"] is None and compiled["empty"].shape == (3, 0)
 
 
 def test_none_leaves_in_a_mask_tree():

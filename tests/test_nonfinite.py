@@ -57,17 +57,14 @@ def test_bad_steps_change_nothing_and_are_counted(preset):
     """Steps 1, 2 and 4 get a NaN, an Inf and a -Inf: the run must equal one that never saw them.
 
     The reference is the same optimizer fed only the clean gradients (the same compiled program,
-    so equality is exact, bit for bit); the unwrapped preset is compared too, to rounding, since
-    XLA may fuse the two programs' arithmetic differently.
+    so equality is exact, bit for bit). That the wrapper adds nothing on finite steps is a
+    property test (``test_properties.py``).
     """
     opt = PRESETS[preset](skip_nonfinite=True)
     step, traces = _stepper(opt)
-    plain = PRESETS[preset]()
-    plain_step, _ = _stepper(plain)
 
     params, state = _params(), opt.init(_params())
     ref_params, ref_state = _params(), opt.init(_params())
-    plain_params, plain_state = _params(), plain.init(_params())
     faults = {1: np.nan, 2: np.inf, 4: -np.inf}
     clean = 0
     for t in range(7):
@@ -81,13 +78,11 @@ def test_bad_steps_change_nothing_and_are_counted(preset):
             grads = _grads(clean)
             params, state, _ = step(params, state, grads)
             ref_params, ref_state, _ = step(ref_params, ref_state, grads)
-            plain_params, plain_state, _ = plain_step(plain_params, plain_state, grads)
             clean += 1
             assert int(state.consecutive) == 0
         chex.assert_trees_all_equal(params, ref_params)
         chex.assert_trees_all_equal(state.inner_state, ref_state.inner_state)
     assert int(state.skipped) == len(faults) and int(ref_state.skipped) == 0
-    chex.assert_trees_all_close((params, state.inner_state), (plain_params, plain_state), rtol=1e-13)
     chex.assert_tree_all_finite((params, state))
     assert len(traces) == 1, "a skipped step must not retrace"
 
