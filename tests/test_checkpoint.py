@@ -3,6 +3,7 @@
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
@@ -39,12 +40,14 @@ def _rmsprop_bfloat16_moments():
 OPTIMIZERS = {"adamw_everything": _adamw_everything, "rmsprop_bfloat16_moments": _rmsprop_bfloat16_moments}
 
 
-def _init_params(key):
-    k1, k2 = jax.random.split(key)
-    return {
-        "Dense_0": {"kernel": jax.random.normal(k1, (4, 8), jnp.float32), "bias": jnp.zeros(8, jnp.float32)},
-        "Dense_1": {"kernel": jax.random.normal(k2, (8, 2), jnp.float32), "bias": jnp.zeros(2, jnp.float32)},
-    }
+def _init_params(seed):
+    rng = np.random.default_rng(seed)
+
+    def dense(fan_in, fan_out):
+        kernel = jnp.asarray(rng.normal(size=(fan_in, fan_out)), jnp.float32)
+        return {"kernel": kernel, "bias": jnp.zeros(fan_out, jnp.float32)}
+
+    return {"Dense_0": dense(4, 8), "Dense_1": dense(8, 2)}
 
 
 def _loss(params, x, y):
@@ -53,9 +56,8 @@ def _loss(params, x, y):
 
 
 def _batch(t):
-    key = jax.random.fold_in(jax.random.key(1), t)
-    x = jax.random.normal(key, (16, 4), jnp.float32)
-    return x, jnp.stack([jnp.sin(x[:, 0]), x[:, 1] * x[:, 2]], axis=1)
+    x = np.random.default_rng(100 + t).normal(size=(16, 4)).astype(np.float32)
+    return jnp.asarray(x), jnp.asarray(np.stack([np.sin(x[:, 0]), x[:, 1] * x[:, 2]], axis=1))
 
 
 def _make_step(opt, traces):
@@ -101,7 +103,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(name, tmp_path):
     traces = []
     opt = OPTIMIZERS[name]()
     step = _make_step(opt, traces)
-    params0 = _init_params(jax.random.key(0))
+    params0 = _init_params(0)
 
     # the run that is never interrupted
     params, state = _train(step, params0, opt.init(params0), 0, TOTAL)
@@ -115,7 +117,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(name, tmp_path):
 
     # a restart: a new optimizer object, the restore target built from shapes only
     fresh = OPTIMIZERS[name]()
-    abstract_params = jax.eval_shape(_init_params, jax.random.key(0))
+    abstract_params = jax.eval_shape(lambda: _init_params(0))
     target = {"params": abstract_params, "opt_state": jax.eval_shape(fresh.init, abstract_params)}
     restored = ocp.StandardCheckpointer().restore(tmp_path / "ckpt", target)
     chex.assert_trees_all_equal(restored, {"params": saved_params, "opt_state": saved_state})
@@ -132,7 +134,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(name, tmp_path):
 def test_state_holds_only_arrays(name):
     """No functions, masks or schedules in the state: they live in the optimizer, the state is data."""
     opt = OPTIMIZERS[name]()
-    state = opt.init(_init_params(jax.random.key(0)))
+    state = opt.init(_init_params(0))
     for leaf in jax.tree.leaves(state):
         assert isinstance(leaf, jax.Array), type(leaf)
         assert leaf.dtype.kind in "fiub" or leaf.dtype == jnp.bfloat16
@@ -144,7 +146,7 @@ def test_state_holds_only_arrays(name):
 
 def test_restore_refuses_a_different_optimizer(tmp_path):
     """Restoring an AdamW state into an SGD target fails loudly instead of mixing states."""
-    params = _init_params(jax.random.key(0))
+    params = _init_params(0)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(tmp_path / "ckpt", oc.adamw(1e-3).init(params))
     checkpointer.wait_until_finished()
