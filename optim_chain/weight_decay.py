@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optim_chain import _validation
-from optim_chain._tree import check_same_structure, compute_dtype, increment
+from optim_chain._tree import check_float_params, check_matching, compute_dtype, increment
 from optim_chain.masks import Predicate, resolve_mask
 from optim_chain.moments import _expect_step
 from optim_chain.transform import Transform, stateless
@@ -48,7 +48,7 @@ def _decay_selected(
     _expect_step(name, updates)
     if params is None:
         raise ValueError(f"{name} needs the params: call update(updates, state, params)")
-    check_same_structure(updates, params)
+    check_matching(updates, params)
     flags = resolve_mask(mask, params)
     leaves, treedef = jax.tree.flatten(updates)
     param_leaves = jax.tree.leaves(params)
@@ -136,7 +136,7 @@ def decoupled_weight_decay(
     inert = _known_zero(weight_decay) or _known_zero(multiplier)
 
     def init(params: Any) -> DecoupledWeightDecayState:
-        del params
+        check_float_params(params, "decoupled_weight_decay")
         return DecoupledWeightDecayState(count=jnp.zeros([], jnp.int32))
 
     def update(updates: Any, state: DecoupledWeightDecayState, params: Any = None, **extra: Any):
