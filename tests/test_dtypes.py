@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import param_shaped_subtrees
 
 import optim_chain as oc
 
@@ -90,21 +91,6 @@ def _train(opt, params, jit):
     return [jax.tree.map(lambda x, t=t: x[t], history) for t in range(STEPS)], final, state
 
 
-def _param_like_subtrees(state, params):
-    """Every part of ``state`` that has exactly the params' tree structure (moments, buffers)."""
-    found = []
-
-    def visit(node):
-        if jax.tree.structure(node) == jax.tree.structure(params):
-            found.append(node)
-        elif isinstance(node, tuple):
-            for child in node:
-                visit(child)
-
-    visit(state)
-    return found
-
-
 def _dtypes(tree):
     return jax.tree.map(lambda x: jnp.asarray(x).dtype, tree)
 
@@ -140,7 +126,7 @@ def test_updates_and_params_keep_param_dtypes(trained, mode):
 def test_state_keeps_param_dtypes(trained, mode):
     params = trained["params"]
     _, _, state = trained[mode]
-    subtrees = _param_like_subtrees(state, params)
+    subtrees = param_shaped_subtrees(state, params)
     assert len(subtrees) == trained["n_param_like"]
     for subtree in subtrees:
         assert _dtypes(subtree) == _dtypes(params)
@@ -190,7 +176,7 @@ def test_float32_moments_for_bfloat16_params():
     params = {"bfloat16": _params()["bfloat16"]}
     for jit in (False, True):
         history, final, state = _train(opt, params, jit)
-        mu, nu, nu_max = _param_like_subtrees(state, params)
+        mu, nu, nu_max = param_shaped_subtrees(state, params)
         assert set(jax.tree.leaves(_dtypes((mu, nu, nu_max)))) == {jnp.dtype(jnp.float32)}
         # the step is computed from float32 moments and handed over in float32 (as optax does);
         # optax.apply_updates rounds once, into the params' own dtype
@@ -210,7 +196,7 @@ def test_bfloat16_moments_for_float32_params():
     opt = oc.adamw(1e-2, 1e-2, moment_dtype=jnp.bfloat16)
     params = {"float32": _params()["float32"]}
     history, final, state = _train(opt, params, jit=True)
-    mu, nu = _param_like_subtrees(state, params)
+    mu, nu = param_shaped_subtrees(state, params)
     assert set(jax.tree.leaves(_dtypes((mu, nu)))) == {jnp.dtype(jnp.bfloat16)}
     assert _dtypes(final) == _dtypes(params)
     chex.assert_tree_all_finite((history, final))

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import param_shaped_subtrees
 
 import optim_chain as oc
 
@@ -42,21 +43,6 @@ def _train(opt, params, steps=20):
     return params, state, updates
 
 
-def _param_shaped(state, params):
-    """Every subtree of the state with the params' structure (moments, accumulators, buffers)."""
-    found = []
-
-    def visit(node):
-        if jax.tree.structure(node) == jax.tree.structure(params):
-            found.append(node)
-        elif isinstance(node, tuple):
-            for child in node:
-                visit(child)
-
-    visit(state)
-    return found
-
-
 def _dtypes(tree):
     return {jnp.dtype(x.dtype) for x in jax.tree.leaves(tree)}
 
@@ -79,7 +65,7 @@ def test_state_and_update_dtypes(preset, param_dtype, moment_dtype):
     params = _params(param_dtype)
     final, state, updates = _train(build(moment_dtype), params, steps=3)
     stored = jnp.dtype(moment_dtype or param_dtype)
-    trees = _param_shaped(state, params)
+    trees = param_shaped_subtrees(state, params)
     assert len(trees) == n_trees
     assert _dtypes(trees) == {stored}
     others = [x for x in jax.tree.leaves(state) if x.ndim == 0]
