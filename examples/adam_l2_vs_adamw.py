@@ -83,7 +83,7 @@ def main() -> None:
         accuracy = float((forward(params, x_test).argmax(-1) == y_test).mean())
         kernel_norm = float(jnp.sqrt(sum(jnp.sum(p["kernel"] ** 2) for p in params.values())))
         nu = optax.tree_utils.tree_get(state, "nu")["Dense_0"]["kernel"]  # raw second moment v
-        vhat = nu / (1 - 0.999 ** STEPS)
+        vhat = nu / (1 - 0.999**STEPS)
         effective = LEARNING_RATE * WEIGHT_DECAY / (jnp.sqrt(vhat) + 1e-8)
         print(
             f"{name:8s} test accuracy {accuracy:.3f}  test loss {float(loss_fn(params, x_test, y_test)):.4f}"

@@ -24,6 +24,7 @@ from optim_chain.moments import (
     max_second_moment,
 )
 from optim_chain.momentum import MomentumState, add_momentum
+from optim_chain.nonfinite import SkipNonfiniteState, skip_nonfinite
 from optim_chain.normalization import normalize_by_second_moment
 from optim_chain.presets import (
     adagrad,
@@ -56,6 +57,7 @@ __all__ = [
     "MomentsState",
     "MomentumState",
     "SecondMomentState",
+    "SkipNonfiniteState",
     "Transform",
     "accumulate_second_moment",
     "adagrad",
@@ -81,5 +83,6 @@ __all__ = [
     "sgd",
     "sgd_l2",
     "sgdw",
+    "skip_nonfinite",
     "update_and_apply",
 ]

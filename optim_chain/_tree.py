@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 INT32_MAX = jnp.iinfo(jnp.int32).max
 
@@ -32,6 +33,14 @@ def zeros_like(tree: Any, dtype: Any = None) -> Any:
 def full_like(tree: Any, value: float, dtype: Any = None) -> Any:
     """Like :func:`zeros_like` but filled with ``value``."""
     return jax.tree.map(lambda z: z + jnp.asarray(value, z.dtype), zeros_like(tree, dtype))
+
+
+def map_pair(fn: Any, tree: Any, *others: Any) -> tuple[Any, Any]:
+    """``jax.tree.map`` for a ``fn`` that returns a pair: returns the two trees (empty trees too)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    rest = [treedef.flatten_up_to(other) for other in others]
+    pairs = [fn(*xs) for xs in zip(leaves, *rest)]
+    return treedef.unflatten([p[0] for p in pairs]), treedef.unflatten([p[1] for p in pairs])
 
 
 def increment(count: jax.Array) -> jax.Array:
@@ -68,25 +77,68 @@ def leaf_paths(tree: Any) -> list[str]:
     return [path_to_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
-def check_same_structure(updates: Any, params: Any, what: str = "updates") -> None:
-    """Raises a ``ValueError`` naming the first path where ``updates`` and ``params`` differ."""
+def check_same_structure(updates: Any, params: Any, what: str = "updates", against: str = "params") -> None:
+    """Raises a ``ValueError`` naming the first path where ``updates`` and ``params`` differ.
+
+    ``what`` and ``against`` are the names the message gives the two trees.
+    """
     if jax.tree.structure(updates) == jax.tree.structure(params):
         return
     ours, theirs = leaf_paths(updates), leaf_paths(params)
-    for index, (a, b) in enumerate(zip(ours, theirs)):
-        if a != b:
-            raise ValueError(
-                f"{what} and params differ in structure at leaf {index}: {what} has "
-                f"{a!r} where params has {b!r}"
-            )
-    if len(ours) != len(theirs):
-        longer, name = (ours, what) if len(ours) > len(theirs) else (theirs, "params")
-        extra = longer[min(len(ours), len(theirs))]
+    only_ours = [p for p in ours if p not in set(theirs)]
+    only_theirs = [p for p in theirs if p not in set(ours)]
+    if only_ours or only_theirs:
+        detail = []
+        if only_theirs:
+            detail.append(f"leaves of {against} missing from {what}: {only_theirs[:5]}")
+        if only_ours:
+            detail.append(f"leaves of {what} not in {against}: {only_ours[:5]}")
+        raise ValueError(f"{what} and {against} differ in structure; " + "; ".join(detail))
+    if ours != theirs:
+        index = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
         raise ValueError(
-            f"{what} has {len(ours)} leaves and params has {len(theirs)}; "
-            f"first unmatched leaf {extra!r} is only in {name}"
+            f"{what} and {against} hold the same leaves in a different order: leaf {index} is "
+            f"{ours[index]!r} in {what} and {theirs[index]!r} in {against}"
         )
     raise ValueError(
-        f"{what} and params have the same leaf paths but different container types: "
-        f"{jax.tree.structure(updates)} vs {jax.tree.structure(params)}"
+        f"{what} and {against} have the same leaf paths but different containers (or None "
+        f"placeholders): {jax.tree.structure(updates)} vs {jax.tree.structure(params)}"
     )
+
+
+def check_matching(updates: Any, reference: Any, what: str = "updates", against: str = "params") -> None:
+    """Like :func:`check_same_structure`, and also checks that every pair of leaves has one shape.
+
+    Shapes are static, so under ``jax.jit`` this costs nothing at run time. Without it a
+    gradient of shape ``(3, 1)`` against a state of shape ``(3,)`` would broadcast silently.
+    """
+    check_same_structure(updates, reference, what, against)
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(updates)[0], jax.tree.leaves(reference)):
+        if np.shape(a) != np.shape(b):
+            raise ValueError(
+                f"{what} leaf {path_to_str(path)!r} has shape {tuple(np.shape(a))} but {against} has "
+                f"shape {tuple(np.shape(b))} there"
+            )
+
+
+def leaf_dtype(leaf: Any) -> np.dtype:
+    """The dtype of an array, a ``jax.ShapeDtypeStruct`` or a Python/NumPy scalar leaf."""
+    return np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.result_type(leaf)
+
+
+def check_float_params(params: Any, transform: str) -> None:
+    """Raises a ``TypeError`` naming the first leaf of ``params`` that is not real floating point.
+
+    Integer and boolean leaves (step counters, masks, token ids) have no gradient step to take:
+    an optimizer state for them would be integer moments and truncated updates, silently wrong.
+    They must be kept out of the optimized tree instead.
+    """
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        dtype = leaf_dtype(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"{transform}: parameter {path_to_str(path)!r} has dtype {np.dtype(dtype).name}; only "
+                "real floating-point leaves can be optimized. Keep integer, boolean and complex leaves "
+                "out of the params given to the optimizer (filter the tree, or wrap the optimizer in "
+                "optax.masked)"
+            )

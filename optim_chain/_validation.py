@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -62,3 +63,25 @@ def one_of(name: str, value: Any, choices: Iterable[Any]) -> None:
 def schedule_or_number(value: Any) -> Callable[[jax.Array], Any] | None:
     """Returns ``value`` when it is a schedule, ``None`` when it is a constant."""
     return value if callable(value) else None
+
+
+def is_number(value: Any) -> bool:
+    """Whether ``value`` is a Python or NumPy scalar (known when the optimizer is built).
+
+    Anything else that passes the checks above is an array, possibly traced, whose value may
+    change at run time (``optax.inject_hyperparams`` passes hyperparameters that way), so
+    Python code must not branch on it.
+    """
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def float_dtype(name: str, value: Any) -> None:
+    """Checks that ``value`` is ``None`` or names a real floating-point dtype."""
+    if value is None:
+        return
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError:
+        raise TypeError(f"{name} must be None or a floating-point dtype, got {value!r}") from None
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{name} must be None or a floating-point dtype, got {value!r}")

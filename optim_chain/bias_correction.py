@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from optim_chain import _validation
-from optim_chain._tree import compute_dtype, increment
+from optim_chain._tree import check_float_params, compute_dtype, increment
 from optim_chain.moments import MomentEstimates, _expect_moments
 from optim_chain.transform import Transform
 
@@ -20,9 +20,16 @@ class BiasCorrectionState(NamedTuple):
 
 
 def _correct(moment: jax.Array, decay: Any, step: jax.Array) -> jax.Array:
-    """``moment / (1 - decay**step)``, the factor computed in at least float32."""
+    """``moment / (1 - decay**step)``, the factor computed in at least float32.
+
+    ``decay`` is rounded to that dtype first, as the moving average rounds it, so a constant
+    gradient comes back exactly. The factor is evaluated as ``-expm1(step * log(decay))``:
+    ``1 - decay**step`` loses most digits to cancellation when ``decay**step`` is close to 1
+    (``decay = 0.999999`` at step 10 leaves 3 correct digits in float32).
+    """
     dtype = compute_dtype(moment.dtype)
-    factor = 1 - jnp.asarray(decay, dtype) ** step.astype(dtype)
+    log_decay = jnp.log1p(jnp.asarray(decay, dtype) - 1)
+    factor = -jnp.expm1(step.astype(dtype) * log_decay)
     return (moment.astype(dtype) / factor).astype(moment.dtype)
 
 
@@ -35,7 +42,10 @@ def correct_bias(b1: float = 0.9, b2: float = 0.999) -> Transform:
     A separate transform because it is a per-step scalar: leaving it out of a chain gives Adam
     without bias correction, and moving :func:`~optim_chain.max_second_moment` across it
     switches between the two AMSGrad conventions. The step ``t`` counts from 1 and saturates at
-    the largest int32, where ``beta^t`` has long underflowed to zero, so the factor stays finite.
+    the largest int32 (it never wraps to a negative count), where ``beta^t`` has long underflowed
+    to zero: the factor is then exactly 1 and stays finite for as long as training runs. The
+    factor is computed in at least float32 as ``-expm1(t log beta)``, accurate to a few units in
+    the last place at every ``t`` (the plain ``1 - beta^t`` cancels when ``beta^t`` is near 1).
 
     Args:
       b1: the decay used for the first moment, in [0, 1).
@@ -47,7 +57,7 @@ def correct_bias(b1: float = 0.9, b2: float = 0.999) -> Transform:
     _validation.in_unit_interval("b2", b2)
 
     def init(params: Any) -> BiasCorrectionState:
-        del params
+        check_float_params(params, "correct_bias")
         return BiasCorrectionState(count=jnp.zeros([], jnp.int32))
 
     def update(updates: Any, state: BiasCorrectionState, params: Any = None, **extra: Any):

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import optax
 
 from optim_chain import _validation
-from optim_chain._tree import compute_dtype, increment
+from optim_chain._tree import check_float_params, check_matching, compute_dtype, increment
+from optim_chain.moments import _expect_step
 from optim_chain.transform import Transform
 
 
@@ -37,7 +38,7 @@ def scale_by_learning_rate(learning_rate: float | Callable[[jax.Array], Any]) ->
     _validation.rate("learning_rate", learning_rate)
 
     def init(params: Any) -> LearningRateState:
-        del params
+        check_float_params(params, "scale_by_learning_rate")
         # Only a schedule reads the counter; a constant rate keeps no state (as optax does).
         return (
             LearningRateState(count=jnp.zeros([], jnp.int32))
@@ -46,7 +47,10 @@ def scale_by_learning_rate(learning_rate: float | Callable[[jax.Array], Any]) ->
         )
 
     def update(updates: Any, state: LearningRateState, params: Any = None, **extra: Any):
-        del params, extra
+        del extra
+        _expect_step("scale_by_learning_rate", updates)
+        if params is not None:
+            check_matching(updates, params)
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
 
         def scale(u: jax.Array) -> jax.Array:

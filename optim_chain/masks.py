@@ -132,12 +132,14 @@ def everything() -> Predicate:
 #: The rule behind :func:`default_decay_mask`: decay kernels, weight matrices and embeddings;
 #: skip biases, the scale and bias of every normalisation layer (LayerNorm, RMSNorm, BatchNorm,
 #: GroupNorm: Flax names them ``scale``/``bias``; a parent module whose name contains "norm"
-#: is also recognised) and any other vector or scalar.
-DEFAULT_DECAY: Predicate = (
+#: is also recognised) and any other vector or scalar. Its parts are alternatives that need not
+#: all occur in one model, so :func:`describe_mask` does not warn about them.
+_DEFAULT_RULE = (
     ~name_is("bias", "scale")
     & ~path_matches(r"(?i)(^|/)[^/]*norm[^/]*/[^/]+$")
     & (name_is("kernel", "embedding", "weight") | ndim_at_least(2))
 )
+DEFAULT_DECAY: Predicate = Predicate(_DEFAULT_RULE, _DEFAULT_RULE.description, atoms=())
 
 
 def mask_from_predicate(predicate: Predicate, params: Any) -> Any:

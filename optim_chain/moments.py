@@ -15,6 +15,15 @@ transform                            ``first``                       ``second``
 :func:`accumulate_second_moment`     ``g``                           ``v + g^2``
 (Adagrad)
 ===================================  ==============================  ==========================
+
+Dtypes: the state is stored in ``moment_dtype`` (default: each parameter's dtype); the
+arithmetic, decay rates included, runs in at least float32 and is rounded once when stored; the
+``MomentEstimates`` passed on are in the wider of the gradient's and the state's dtypes (float32
+moments for bfloat16 gradients give float32 estimates, and so float32 updates, as in optax).
+
+Every ``update`` checks that the incoming tree has the structure and leaf shapes of the state
+(built from the params at ``init``) and raises a ``ValueError`` naming the paths otherwise; every
+``init`` refuses non-floating-point leaves with a ``TypeError`` naming the path.
 """
 
 from __future__ import annotations
@@ -23,9 +32,18 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from optim_chain import _validation
-from optim_chain._tree import full_like, zeros_like
+from optim_chain._tree import (
+    check_float_params,
+    check_matching,
+    compute_dtype,
+    full_like,
+    leaf_dtype,
+    map_pair,
+    zeros_like,
+)
 from optim_chain.transform import Transform
 
 
@@ -46,6 +64,15 @@ def _expect_gradients(name: str, updates: Any) -> None:
         raise TypeError(f"{name} takes gradients, but received MomentEstimates: it must come first")
 
 
+def _expect_step(name: str, updates: Any) -> None:
+    """Refuses ``MomentEstimates`` in a transform that acts on gradients or steps, elementwise."""
+    if isinstance(updates, MomentEstimates):
+        raise TypeError(
+            f"{name} takes gradients or steps, but received MomentEstimates: place it before the "
+            "moment estimator, or after normalize_by_second_moment has turned the moments into a step"
+        )
+
+
 def _expect_moments(name: str, updates: Any) -> MomentEstimates:
     if not isinstance(updates, MomentEstimates):
         raise TypeError(
@@ -55,10 +82,42 @@ def _expect_moments(name: str, updates: Any) -> MomentEstimates:
     return updates
 
 
-def _ema(decay: Any, average: jax.Array, value: jax.Array) -> jax.Array:
-    """``decay * average + (1 - decay) * value`` in ``average``'s dtype."""
-    d = jnp.asarray(decay, average.dtype)
-    return (d * average + (1 - d) * value.astype(average.dtype)).astype(average.dtype)
+#: How the gradients and the state are named when their structures or shapes disagree.
+_GRADIENTS, _STATE = "gradients", "the params given to init"
+
+
+def _ema(
+    decay: Any, average: jax.Array, value: jax.Array, square: bool = False
+) -> tuple[jax.Array, jax.Array]:
+    """``decay * average + (1 - decay) * value`` (``value**2`` with ``square``).
+
+    The arithmetic, ``decay`` included, runs in at least float32 even for bfloat16 moments (in
+    bfloat16 ``0.999`` rounds to ``1`` and the average would never move). Returns the new
+    average twice: in ``average``'s dtype, to store, and in the wider of ``average``'s and
+    ``value``'s dtypes, to pass on down the chain.
+    """
+    emitted = jnp.promote_types(average.dtype, value.dtype)
+    dtype = compute_dtype(emitted)
+    x = value.astype(dtype)
+    if square:
+        x = jnp.square(x)
+    d = jnp.asarray(decay, dtype)
+    new = d * average.astype(dtype) + (1 - d) * x
+    return new.astype(average.dtype), new.astype(emitted)
+
+
+def _check_decay(name: str, decay: Any, params: Any, moment_dtype: Any) -> None:
+    """Refuses a decay that rounds to 1 in the dtype its average is computed in (it would never move)."""
+    if not _validation.is_number(decay):
+        return
+    for param_dtype in {leaf_dtype(leaf) for leaf in jax.tree.leaves(params)}:
+        stored = jnp.dtype(param_dtype if moment_dtype is None else moment_dtype)
+        dtype = compute_dtype(jnp.promote_types(stored, param_dtype))
+        if float(np.asarray(decay, dtype)) == 1.0:
+            raise ValueError(
+                f"{name}={decay!r} rounds to 1 in {dtype.name}, so the average would never change; "
+                f"use a smaller {name} or a wider moment_dtype"
+            )
 
 
 class MomentsState(NamedTuple):
@@ -91,16 +150,21 @@ def estimate_moments(b1: float = 0.9, b2: float = 0.999, moment_dtype: Any = Non
     """
     _validation.in_unit_interval("b1", b1)
     _validation.in_unit_interval("b2", b2)
+    _validation.float_dtype("moment_dtype", moment_dtype)
 
     def init(params: Any) -> MomentsState:
+        check_float_params(params, "estimate_moments")
+        _check_decay("b1", b1, params, moment_dtype)
+        _check_decay("b2", b2, params, moment_dtype)
         return MomentsState(mu=zeros_like(params, moment_dtype), nu=zeros_like(params, moment_dtype))
 
     def update(updates: Any, state: MomentsState, params: Any = None, **extra: Any):
         del params, extra
         _expect_gradients("estimate_moments", updates)
-        mu = jax.tree.map(lambda g, m: _ema(b1, m, g), updates, state.mu)
-        nu = jax.tree.map(lambda g, v: _ema(b2, v, jnp.square(g.astype(v.dtype))), updates, state.nu)
-        return MomentEstimates(mu, nu), MomentsState(mu=mu, nu=nu)
+        check_matching(updates, state.mu, _GRADIENTS, _STATE)
+        mu, first = map_pair(lambda m, g: _ema(b1, m, g), state.mu, updates)
+        nu, second = map_pair(lambda v, g: _ema(b2, v, g, square=True), state.nu, updates)
+        return MomentEstimates(first, second), MomentsState(mu=mu, nu=nu)
 
     return Transform(
         init,
@@ -128,15 +192,19 @@ def estimate_second_moment(decay: float = 0.99, moment_dtype: Any = None) -> Tra
     Reference: Tieleman & Hinton, Lecture 6.5 - RMSProp, COURSERA 2012.
     """
     _validation.in_unit_interval("decay", decay)
+    _validation.float_dtype("moment_dtype", moment_dtype)
 
     def init(params: Any) -> SecondMomentState:
+        check_float_params(params, "estimate_second_moment")
+        _check_decay("decay", decay, params, moment_dtype)
         return SecondMomentState(nu=zeros_like(params, moment_dtype))
 
     def update(updates: Any, state: SecondMomentState, params: Any = None, **extra: Any):
         del params, extra
         _expect_gradients("estimate_second_moment", updates)
-        nu = jax.tree.map(lambda g, v: _ema(decay, v, jnp.square(g.astype(v.dtype))), updates, state.nu)
-        return MomentEstimates(updates, nu), SecondMomentState(nu=nu)
+        check_matching(updates, state.nu, _GRADIENTS, _STATE)
+        nu, second = map_pair(lambda v, g: _ema(decay, v, g, square=True), state.nu, updates)
+        return MomentEstimates(updates, second), SecondMomentState(nu=nu)
 
     return Transform(
         init,
@@ -158,15 +226,24 @@ def accumulate_second_moment(initial_value: float = 0.0, moment_dtype: Any = Non
     Reference: Duchi, Hazan & Singer, *Adaptive Subgradient Methods*, JMLR 2011.
     """
     _validation.non_negative("initial_value", initial_value)
+    _validation.float_dtype("moment_dtype", moment_dtype)
 
     def init(params: Any) -> SecondMomentState:
+        check_float_params(params, "accumulate_second_moment")
         return SecondMomentState(nu=full_like(params, initial_value, moment_dtype))
+
+    def accumulate(s: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+        emitted = jnp.promote_types(s.dtype, g.dtype)
+        dtype = compute_dtype(emitted)
+        new = s.astype(dtype) + jnp.square(g.astype(dtype))
+        return new.astype(s.dtype), new.astype(emitted)
 
     def update(updates: Any, state: SecondMomentState, params: Any = None, **extra: Any):
         del params, extra
         _expect_gradients("accumulate_second_moment", updates)
-        nu = jax.tree.map(lambda g, s: s + jnp.square(g.astype(s.dtype)), updates, state.nu)
-        return MomentEstimates(updates, nu), SecondMomentState(nu=nu)
+        check_matching(updates, state.nu, _GRADIENTS, _STATE)
+        nu, second = map_pair(accumulate, state.nu, updates)
+        return MomentEstimates(updates, second), SecondMomentState(nu=nu)
 
     return Transform(
         init,
@@ -199,15 +276,24 @@ def center_second_moment(decay: float = 0.99, moment_dtype: Any = None) -> Trans
     Reference: Graves, *Generating Sequences With Recurrent Neural Networks*, 2013, eq. 38.
     """
     _validation.in_unit_interval("decay", decay)
+    _validation.float_dtype("moment_dtype", moment_dtype)
 
     def init(params: Any) -> CenteredState:
+        check_float_params(params, "center_second_moment")
+        _check_decay("decay", decay, params, moment_dtype)
         return CenteredState(mean=zeros_like(params, moment_dtype))
+
+    def center(v: jax.Array, a: jax.Array) -> jax.Array:
+        emitted = jnp.promote_types(v.dtype, a.dtype)
+        dtype = compute_dtype(emitted)
+        return (v.astype(dtype) - jnp.square(a.astype(dtype))).astype(emitted)
 
     def update(updates: Any, state: CenteredState, params: Any = None, **extra: Any):
         del params, extra
         moments = _expect_moments("center_second_moment", updates)
-        mean = jax.tree.map(lambda g, a: _ema(decay, a, g), moments.first, state.mean)
-        second = jax.tree.map(lambda v, a: v - jnp.square(a).astype(v.dtype), moments.second, mean)
+        check_matching(moments.first, state.mean, _GRADIENTS, _STATE)
+        mean, running = map_pair(lambda a, g: _ema(decay, a, g), state.mean, moments.first)
+        second = jax.tree.map(center, moments.second, running)
         return MomentEstimates(moments.first, second), CenteredState(mean=mean)
 
     return Transform(
@@ -241,13 +327,22 @@ def max_second_moment(moment_dtype: Any = None) -> Transform:
     Reference: Reddi, Kale & Kumar, *On the Convergence of Adam and Beyond*, ICLR 2018.
     """
 
+    _validation.float_dtype("moment_dtype", moment_dtype)
+
     def init(params: Any) -> MaxSecondMomentState:
+        check_float_params(params, "max_second_moment")
         return MaxSecondMomentState(nu_max=zeros_like(params, moment_dtype))
+
+    def running_max(mx: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+        emitted = jnp.promote_types(mx.dtype, v.dtype)
+        new = jnp.maximum(mx.astype(emitted), v.astype(emitted))
+        return new.astype(mx.dtype), new
 
     def update(updates: Any, state: MaxSecondMomentState, params: Any = None, **extra: Any):
         del params, extra
         moments = _expect_moments("max_second_moment", updates)
-        nu_max = jax.tree.map(lambda v, mx: jnp.maximum(mx, v.astype(mx.dtype)), moments.second, state.nu_max)
-        return MomentEstimates(moments.first, nu_max), MaxSecondMomentState(nu_max=nu_max)
+        check_matching(moments.second, state.nu_max, _GRADIENTS, _STATE)
+        nu_max, second = map_pair(running_max, state.nu_max, moments.second)
+        return MomentEstimates(moments.first, second), MaxSecondMomentState(nu_max=nu_max)
 
     return Transform(init, update, name="max_second_moment", hyperparams={"moment_dtype": moment_dtype})

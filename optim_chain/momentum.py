@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from optim_chain import _validation
-from optim_chain._tree import zeros_like
+from optim_chain._tree import check_float_params, check_matching, compute_dtype, map_pair, zeros_like
+from optim_chain.moments import _expect_step
 from optim_chain.transform import Transform
 
 
@@ -27,7 +28,8 @@ def add_momentum(momentum: float = 0.9, nesterov: bool = False) -> Transform:
 
     The buffer starts at zero, so the first buffer equals the first update, as in
     ``torch.optim.SGD`` (no dampening) and ``optax.trace``. Placed after
-    :func:`~optim_chain.normalize_by_second_moment` it gives RMSProp with momentum.
+    :func:`~optim_chain.normalize_by_second_moment` it gives RMSProp with momentum. The buffer
+    has the parameters' dtype; the arithmetic runs in at least float32.
 
     Args:
       momentum: ``mu`` in [0, 1).
@@ -43,20 +45,22 @@ def add_momentum(momentum: float = 0.9, nesterov: bool = False) -> Transform:
         raise ValueError("nesterov=True needs momentum > 0, got momentum=0")
 
     def init(params: Any) -> MomentumState:
+        check_float_params(params, "add_momentum")
         return MomentumState(buffer=zeros_like(params))
 
     def update(updates: Any, state: MomentumState, params: Any = None, **extra: Any):
         del params, extra
+        _expect_step("add_momentum", updates)
+        check_matching(updates, state.buffer, "updates", "the params given to init")
 
         def step(u: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
-            mu = jnp.asarray(momentum, b.dtype)
-            buffer = (mu * b + u.astype(b.dtype)).astype(b.dtype)
-            out = (u + mu * buffer) if nesterov else buffer
-            return out.astype(u.dtype), buffer
+            dtype = compute_dtype(jnp.promote_types(u.dtype, b.dtype))
+            mu = jnp.asarray(momentum, dtype)
+            buffer = mu * b.astype(dtype) + u.astype(dtype)
+            out = (u.astype(dtype) + mu * buffer) if nesterov else buffer
+            return out.astype(u.dtype), buffer.astype(b.dtype)
 
-        pairs = jax.tree.map(step, updates, state.buffer)
-        treedef = jax.tree.structure(updates)
-        out, buffer = jax.tree.transpose(treedef, jax.tree.structure((0, 0)), pairs)
+        out, buffer = map_pair(step, updates, state.buffer)
         return out, MomentumState(buffer=buffer)
 
     return Transform(

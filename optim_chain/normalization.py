@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from optim_chain import _validation
+from optim_chain._tree import compute_dtype
 from optim_chain.moments import _expect_moments
 from optim_chain.transform import Transform, stateless
 
@@ -26,13 +27,17 @@ def normalize_by_second_moment(eps: float = 1e-8, eps_root: float = 0.0) -> Tran
       eps_root: added under the square root, ``>= 0``.
 
     Returns:
-      A transform from ``MomentEstimates`` to an update tree.
+      A transform from ``MomentEstimates`` to an update tree in the wider of the two moments'
+      dtypes; the division runs in at least float32.
     """
     _validation.non_negative("eps", eps)
     _validation.non_negative("eps_root", eps_root)
 
     def normalize(m: jax.Array, v: jax.Array) -> jax.Array:
-        return m / (jnp.sqrt(v + jnp.asarray(eps_root, v.dtype)) + jnp.asarray(eps, v.dtype))
+        emitted = jnp.promote_types(m.dtype, v.dtype)
+        dtype = compute_dtype(emitted)
+        root = jnp.sqrt(v.astype(dtype) + jnp.asarray(eps_root, dtype)) + jnp.asarray(eps, dtype)
+        return (m.astype(dtype) / root).astype(emitted)
 
     def update(updates: Any, params: Any) -> Any:
         del params

@@ -9,6 +9,17 @@ where the weight-decay transform sits.
 with ``<Adam core> = estimate_moments, correct_bias, normalize_by_second_moment``. SGD+L2 and
 SGDW differ the same way. Every preset returns a :class:`~optim_chain.Transform`: print it to
 see the chain, index ``.parts`` to take it apart.
+
+Options every preset shares (keyword-only):
+
+* ``skip_nonfinite=True`` wraps the chain in :func:`~optim_chain.skip_nonfinite`: a step whose
+  gradients or updates hold NaN or Inf changes nothing and is counted in the state.
+* ``moment_dtype`` (adaptive methods) sets the dtype the moments are stored in, for example
+  float32 moments for bfloat16 parameters, or bfloat16 moments to halve their memory.
+
+Every numeric hyperparameter may be a JAX array, which is what ``optax.inject_hyperparams``
+passes; changing it at run time needs no recompilation. A momentum given as an array always
+builds the momentum transform, since its value (possibly 0) is only known at run time.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from optim_chain.moments import (
     max_second_moment,
 )
 from optim_chain.momentum import add_momentum
+from optim_chain.nonfinite import skip_nonfinite as _skip_nonfinite
 from optim_chain.normalization import normalize_by_second_moment
 from optim_chain.transform import Transform, chain
 from optim_chain.weight_decay import add_l2_regularization, decoupled_weight_decay
@@ -42,9 +54,20 @@ AMSGRAD_MAX_OF = ("raw", "corrected")
 
 def _sgd_direction(momentum: float, nesterov: bool) -> list[Transform]:
     _validation.in_unit_interval("momentum", momentum)
+    if not _validation.is_number(momentum):
+        # an array (inject_hyperparams): its value may change, so the buffer must exist
+        return [add_momentum(momentum, nesterov)]
     if nesterov and momentum == 0:
         raise ValueError("nesterov=True needs momentum > 0, got momentum=0")
     return [add_momentum(momentum, nesterov)] if momentum else []
+
+
+def _finish(name: str, parts: list[Transform], skip_nonfinite: bool) -> Transform:
+    """The preset's chain, wrapped in :func:`~optim_chain.skip_nonfinite` when asked."""
+    if not isinstance(skip_nonfinite, bool):
+        raise TypeError(f"skip_nonfinite must be a bool, got {skip_nonfinite!r}")
+    optimizer = chain(*parts, name=name)
+    return _skip_nonfinite(optimizer) if skip_nonfinite else optimizer
 
 
 def _adam_core(
@@ -86,7 +109,7 @@ def decay_multiplier(
     _validation.one_of("decay_scaling", decay_scaling, DECAY_SCALINGS)
     if peak_learning_rate is not None:
         _validation.non_negative("peak_learning_rate", peak_learning_rate)
-        if peak_learning_rate == 0:
+        if _validation.is_number(peak_learning_rate) and peak_learning_rate == 0:
             raise ValueError("peak_learning_rate must be > 0, got 0")
     if decay_scaling == "learning_rate":
         return learning_rate
@@ -112,9 +135,17 @@ def decay_multiplier(
 # --------------------------------------------------------------------------------- SGD family
 
 
-def sgd(learning_rate: LearningRate, momentum: float = 0.0, nesterov: bool = False) -> Transform:
+def sgd(
+    learning_rate: LearningRate,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    *,
+    skip_nonfinite: bool = False,
+) -> Transform:
     """SGD with optional heavy-ball or Nesterov momentum (``torch.optim.SGD``, ``optax.sgd``)."""
-    return chain(*_sgd_direction(momentum, nesterov), scale_by_learning_rate(learning_rate), name="sgd")
+    return _finish(
+        "sgd", [*_sgd_direction(momentum, nesterov), scale_by_learning_rate(learning_rate)], skip_nonfinite
+    )
 
 
 def sgd_l2(
@@ -123,13 +154,18 @@ def sgd_l2(
     momentum: float = 0.0,
     nesterov: bool = False,
     mask: Any = None,
+    *,
+    skip_nonfinite: bool = False,
 ) -> Transform:
     """SGD with L2 regularization (``torch.optim.SGD(weight_decay=...)``): decay enters the gradient."""
-    return chain(
-        add_l2_regularization(weight_decay, mask),
-        *_sgd_direction(momentum, nesterov),
-        scale_by_learning_rate(learning_rate),
-        name="sgd_l2",
+    return _finish(
+        "sgd_l2",
+        [
+            add_l2_regularization(weight_decay, mask),
+            *_sgd_direction(momentum, nesterov),
+            scale_by_learning_rate(learning_rate),
+        ],
+        skip_nonfinite,
     )
 
 
@@ -141,15 +177,20 @@ def sgdw(
     mask: Any = None,
     decay_scaling: DecayScaling = "learning_rate",
     peak_learning_rate: float | None = None,
+    *,
+    skip_nonfinite: bool = False,
 ) -> Transform:
     """SGDW (the paper's Algorithm 1): decay applied to the parameters, outside the momentum."""
-    return chain(
-        *_sgd_direction(momentum, nesterov),
-        scale_by_learning_rate(learning_rate),
-        decoupled_weight_decay(
-            weight_decay, decay_multiplier(learning_rate, decay_scaling, peak_learning_rate), mask
-        ),
-        name="sgdw",
+    return _finish(
+        "sgdw",
+        [
+            *_sgd_direction(momentum, nesterov),
+            scale_by_learning_rate(learning_rate),
+            decoupled_weight_decay(
+                weight_decay, decay_multiplier(learning_rate, decay_scaling, peak_learning_rate), mask
+            ),
+        ],
+        skip_nonfinite,
     )
 
 
@@ -161,16 +202,23 @@ def adagrad(
     initial_accumulator_value: float = 0.0,
     eps: float = 1e-10,
     eps_root: float = 0.0,
+    *,
+    moment_dtype: Any = None,
+    skip_nonfinite: bool = False,
 ) -> Transform:
     """Adagrad as in ``torch.optim.Adagrad``: ``theta -= lr * g / (sqrt(sum g^2) + eps)``.
 
     optax's convention is ``initial_accumulator_value=0.1, eps=0.0, eps_root=1e-7``.
     """
-    return chain(
-        accumulate_second_moment(initial_accumulator_value),
-        normalize_by_second_moment(eps, eps_root),
-        scale_by_learning_rate(learning_rate),
-        name="adagrad",
+    _validation.non_negative("initial_accumulator_value", initial_accumulator_value)
+    return _finish(
+        "adagrad",
+        [
+            accumulate_second_moment(initial_accumulator_value, moment_dtype),
+            normalize_by_second_moment(eps, eps_root),
+            scale_by_learning_rate(learning_rate),
+        ],
+        skip_nonfinite,
     )
 
 
@@ -181,6 +229,9 @@ def rmsprop(
     centered: bool = False,
     momentum: float = 0.0,
     eps_root: float = 0.0,
+    *,
+    moment_dtype: Any = None,
+    skip_nonfinite: bool = False,
 ) -> Transform:
     """RMSProp as in ``torch.optim.RMSprop`` (eps outside the root; ``eps_root`` puts one inside).
 
@@ -189,13 +240,16 @@ def rmsprop(
     """
     if not isinstance(centered, bool):
         raise TypeError(f"centered must be a bool, got {centered!r}")
-    return chain(
-        estimate_second_moment(decay),
-        *([center_second_moment(decay)] if centered else []),
-        normalize_by_second_moment(eps, eps_root),
-        *_sgd_direction(momentum, False),
-        scale_by_learning_rate(learning_rate),
-        name="rmsprop",
+    return _finish(
+        "rmsprop",
+        [
+            estimate_second_moment(decay, moment_dtype),
+            *([center_second_moment(decay, moment_dtype)] if centered else []),
+            normalize_by_second_moment(eps, eps_root),
+            *_sgd_direction(momentum, False),
+            scale_by_learning_rate(learning_rate),
+        ],
+        skip_nonfinite,
     )
 
 
@@ -210,6 +264,7 @@ def adam(
     amsgrad_max_of: str = "raw",
     bias_correction: bool = True,
     moment_dtype: Any = None,
+    skip_nonfinite: bool = False,
 ) -> Transform:
     """Adam (and AMSGrad with ``amsgrad=True``), without weight decay.
 
@@ -217,10 +272,13 @@ def adam(
     ``"corrected"`` of the bias-corrected one (optax). ``bias_correction=False`` drops the
     correction transform; ``moment_dtype`` sets the dtype of ``m`` and ``v``.
     """
-    return chain(
-        *_adam_core(b1, b2, eps, eps_root, amsgrad, amsgrad_max_of, bias_correction, moment_dtype),
-        scale_by_learning_rate(learning_rate),
-        name="adam",
+    return _finish(
+        "adam",
+        [
+            *_adam_core(b1, b2, eps, eps_root, amsgrad, amsgrad_max_of, bias_correction, moment_dtype),
+            scale_by_learning_rate(learning_rate),
+        ],
+        skip_nonfinite,
     )
 
 
@@ -237,17 +295,21 @@ def adam_l2(
     amsgrad_max_of: str = "raw",
     bias_correction: bool = True,
     moment_dtype: Any = None,
+    skip_nonfinite: bool = False,
 ) -> Transform:
     """Adam with L2 regularization (``torch.optim.Adam(weight_decay=...)``).
 
     ``lambda * theta`` joins the gradient *before* the moments, so its effect on each weight is
     divided by that weight's ``sqrt(vhat) + eps``.
     """
-    return chain(
-        add_l2_regularization(weight_decay, mask),
-        *_adam_core(b1, b2, eps, eps_root, amsgrad, amsgrad_max_of, bias_correction, moment_dtype),
-        scale_by_learning_rate(learning_rate),
-        name="adam_l2",
+    return _finish(
+        "adam_l2",
+        [
+            add_l2_regularization(weight_decay, mask),
+            *_adam_core(b1, b2, eps, eps_root, amsgrad, amsgrad_max_of, bias_correction, moment_dtype),
+            scale_by_learning_rate(learning_rate),
+        ],
+        skip_nonfinite,
     )
 
 
@@ -266,6 +328,7 @@ def adamw(
     amsgrad_max_of: str = "raw",
     bias_correction: bool = True,
     moment_dtype: Any = None,
+    skip_nonfinite: bool = False,
 ) -> Transform:
     """AdamW: Adam plus weight decay applied to the parameters *after* the adaptive step.
 
@@ -273,11 +336,14 @@ def adamw(
     by ``decay_scaling`` (see :func:`decay_multiplier`). With the default
     ``"learning_rate"`` it matches ``torch.optim.AdamW`` and ``optax.adamw``.
     """
-    return chain(
-        *_adam_core(b1, b2, eps, eps_root, amsgrad, amsgrad_max_of, bias_correction, moment_dtype),
-        scale_by_learning_rate(learning_rate),
-        decoupled_weight_decay(
-            weight_decay, decay_multiplier(learning_rate, decay_scaling, peak_learning_rate), mask
-        ),
-        name="adamw",
+    return _finish(
+        "adamw",
+        [
+            *_adam_core(b1, b2, eps, eps_root, amsgrad, amsgrad_max_of, bias_correction, moment_dtype),
+            scale_by_learning_rate(learning_rate),
+            decoupled_weight_decay(
+                weight_decay, decay_multiplier(learning_rate, decay_scaling, peak_learning_rate), mask
+            ),
+        ],
+        skip_nonfinite,
     )

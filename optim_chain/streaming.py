@@ -386,7 +386,7 @@ def _slice_step(
     scalar_ops: list[_Op],
     start: Any,
     rows: int,
-) -> dict[int, jax.Array]:
+) -> tuple[dict[int, jax.Array], list[jax.Array]]:
     """Computes ``block`` on rows ``[start, start + rows)`` and writes them into ``buffers``.
 
     ``buffers`` maps each output to its destination; an input whose buffer is a destination
@@ -408,7 +408,7 @@ def _slice_step(
     for ref in block.outputs:
         written[ref] = jax.lax.dynamic_update_slice_in_dim(buffers[ref], local[ref], offset, axis=0)
         offset = start + _zero_after(jax.lax.dynamic_slice_in_dim(written[ref], offset, 1, axis=0))
-    return written
+    return written, [local[ref] for ref in block.outputs]
 
 
 def _run_sliced(
@@ -435,13 +435,26 @@ def _run_sliced(
     count, tail = divmod(view[0], rows)
     if tail:  # the last, shorter slice first, so that the loop's results are the outputs
         carried = [
-            _slice_step(b, bufs, viewed, scalar_ops, count * rows, tail) for b, bufs in zip(blocks, carried)
+            _slice_step(b, bufs, viewed, scalar_ops, count * rows, tail)[0] for b, bufs in zip(blocks, carried)
         ]
+    keep = bool(__import__("os").environ.get("OC_KEEP", "1") == "1")
 
-    def body(i: jax.Array, carry: list[dict[int, jax.Array]]) -> list[dict[int, jax.Array]]:
-        return [_slice_step(b, bufs, viewed, scalar_ops, i * rows, rows) for b, bufs in zip(blocks, carry)]
+    def body(i: jax.Array, carry: tuple) -> tuple:
+        buffers, previous = carry
+        start = i * rows
+        for temps in previous:
+            for t in temps:
+                start = start + _zero_after(t)
+        steps = [_slice_step(b, bufs, viewed, scalar_ops, start, rows) for b, bufs in zip(blocks, buffers)]
+        return [w for w, _ in steps], ([s for _, s in steps] if keep else [])
 
-    carried = jax.lax.fori_loop(0, count, body, carried)
+    if keep:
+        scratch = [
+            [jnp.zeros((rows, *view[1:]), block.dtypes[ref]) for ref in block.outputs] for block in blocks
+        ]
+    else:
+        scratch = []
+    carried, _ = jax.lax.fori_loop(0, count, body, (carried, scratch))
     for block, buffers in zip(blocks, carried):
         for ref in block.outputs:
             env[ref] = buffers[ref].reshape(block.shape)

@@ -19,6 +19,8 @@ from typing import Any
 
 import optax
 
+from optim_chain._tree import check_float_params
+
 
 class Transform(optax.GradientTransformationExtraArgs):
     """A gradient transformation with a name, its hyperparameters and (for chains) its parts.
@@ -89,7 +91,7 @@ def stateless(name: str, update_fn: Any, **hyperparams: Any) -> Transform:
     """A :class:`Transform` with empty state whose update is ``update_fn(updates, params)``."""
 
     def init(params: Any) -> optax.EmptyState:
-        del params
+        check_float_params(params, name)
         return optax.EmptyState()
 
     def update(updates: Any, state: optax.EmptyState, params: Any = None, **extra: Any):

@@ -22,8 +22,9 @@ import numpy as np
 import optax
 
 from optim_chain import _validation
-from optim_chain._tree import check_same_structure, compute_dtype, increment
+from optim_chain._tree import check_float_params, check_matching, compute_dtype, increment
 from optim_chain.masks import Predicate, resolve_mask
+from optim_chain.moments import _expect_step
 from optim_chain.transform import Transform, stateless
 
 Schedule = Callable[[jax.Array], Any]
@@ -45,9 +46,10 @@ def _decay_selected(
     name: str, mask: Any, updates: Any, params: Any, decay: Callable[[jax.Array, jax.Array], jax.Array]
 ) -> Any:
     """Applies ``decay(update, param)`` on the leaves that ``mask`` selects, passes others through."""
+    _expect_step(name, updates)
     if params is None:
         raise ValueError(f"{name} needs the params: call update(updates, state, params)")
-    check_same_structure(updates, params)
+    check_matching(updates, params)
     flags = resolve_mask(mask, params)
     leaves, treedef = jax.tree.flatten(updates)
     param_leaves = jax.tree.leaves(params)
@@ -85,6 +87,11 @@ def add_l2_regularization(weight_decay: float, mask: Any = None) -> Transform:
         )
 
     return stateless("add_l2_regularization", update, weight_decay=weight_decay, mask=mask)
+
+
+def _known_zero(value: Any) -> bool:
+    """Whether ``value`` is a concrete number equal to zero (a schedule or a tracer is not)."""
+    return not callable(value) and not isinstance(value, jax.core.Tracer) and float(value) == 0.0
 
 
 class DecoupledWeightDecayState(NamedTuple):
@@ -126,9 +133,13 @@ def decoupled_weight_decay(
     _validation.non_negative("weight_decay", weight_decay)
     _validation.rate("multiplier", multiplier)
     _check_mask(mask)
+    # A decay known to be zero is left out of the arithmetic, not computed as ``u - 0 * theta``:
+    # XLA fuses ``theta + lr * step`` into one FMA, which the extra term would split into two
+    # roundings, and AdamW with ``weight_decay=0`` would no longer be Adam bit for bit under jit.
+    inert = _known_zero(weight_decay) or _known_zero(multiplier)
 
     def init(params: Any) -> DecoupledWeightDecayState:
-        del params
+        check_float_params(params, "decoupled_weight_decay")
         # Only a schedule reads the counter; a constant multiplier keeps no state.
         return (
             DecoupledWeightDecayState(count=jnp.zeros([], jnp.int32))
@@ -141,6 +152,8 @@ def decoupled_weight_decay(
         eta = multiplier(state.count) if callable(multiplier) else multiplier
 
         def decay(u: jax.Array, p: jax.Array) -> jax.Array:
+            if inert:
+                return u
             dtype = compute_dtype(u.dtype)
             factor = jnp.asarray(eta, dtype) * jnp.asarray(weight_decay, dtype)
             return u - factor * p
