@@ -37,7 +37,6 @@ from optim_chain.presets import (
     sgd_l2,
     sgdw,
 )
-from optim_chain.streaming import update_and_apply
 from optim_chain.transform import Transform, chain
 from optim_chain.weight_decay import (
     DecoupledWeightDecayState,
@@ -84,5 +83,4 @@ __all__ = [
     "sgd_l2",
     "sgdw",
     "skip_nonfinite",
-    "update_and_apply",
 ]

@@ -5,10 +5,9 @@ In one process it measures, for each size and tree layout:
 * the machine's in-place streaming bandwidth (a donated, jitted ``a + b`` and, when torch is
   installed, ``torch.Tensor.add_``), which sets the floor: AdamW in float32 must move
   ``28`` bytes per parameter (read params, grads, m, v; write params, m, v);
-* the jitted step ``(params, grads, state) -> (params, state)`` of optim_chain's ``adamw``,
-  ``adam_l2`` and ``adam``, plain (``opt.update`` + ``optax.apply_updates``) and streamed
-  (:func:`optim_chain.update_and_apply`), against the same optimizer from optax, with and
-  without buffer donation;
+* the jitted step ``(params, grads, state) -> (params, state)`` (``opt.update`` then
+  ``optax.apply_updates``) of optim_chain's ``adamw``, ``adam_l2`` and ``adam`` against the
+  same optimizer from optax, with and without buffer donation;
 * ``torch.optim`` (for-loop, foreach and fused), where installed;
 
 and reports the median milliseconds per step, the effective bytes per parameter (median time
@@ -98,12 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per case (median; default 11)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (default 2)")
-    parser.add_argument(
-        "--chunk-size",
-        type=int,
-        default=None,
-        help="elements per slice for the streamed step (default optim_chain's DEFAULT_CHUNK_SIZE)",
-    )
     parser.add_argument(
         "--device",
         default="cpu",
@@ -355,18 +348,17 @@ def torch_optimizer(torch: Any, name: str, tensors: list, variant: str) -> Any:
     return torch.optim.Adam(tensors, weight_decay=0.0, **kwargs)
 
 
-def jax_runner(
-    label: dict[str, Any], opt: Any, params: Any, grads: Any, donate: bool, chunk: int | None
-) -> Runner:
+def jax_runner(label: dict[str, Any], opt: Any, params: Any, grads: Any, donate: bool) -> Runner:
     """Compiles the jitted step ``(params, grads, state) -> (params, state)`` for timing."""
     import jax
     import jax.numpy as jnp
+    import optax
 
     from optim_chain import _hlo
-    from optim_chain.streaming import update_and_apply
 
     def step(params: Any, grads: Any, state: Any) -> tuple[Any, Any]:
-        return update_and_apply(opt, grads, state, params, chunk_size=chunk)
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
 
     params = jax.tree.map(jnp.copy, params)
     state = jax.jit(opt.init)(params)
@@ -430,15 +422,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     import jax
     import numpy as np
 
-    from optim_chain.streaming import DEFAULT_CHUNK_SIZE
-
     quick = args.quick
     sizes = args.sizes or ([parse_size("1M")] if quick else [parse_size(s) for s in DEFAULT_SIZES.split(",")])
     optimizers = args.optimizers or (["adamw"] if quick else list(OPTIMIZERS))
     donations = [d == "yes" for d in (args.donate or (["yes"] if quick else ["yes", "no"]))]
     repeats = args.repeats or (5 if quick else 11)
     warmup = args.warmup
-    chunk = args.chunk_size or DEFAULT_CHUNK_SIZE
     device = jax.devices(args.device)[0]
     use_torch = not args.no_torch and _torch_device(device) is not None
     torch = _torch() if use_torch else None
@@ -451,7 +440,6 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         "donate": donations,
         "repeats": repeats,
         "warmup": warmup,
-        "chunk_size": chunk,
         "torch": use_torch,
         "timing": "round-robin: every case of a group runs once per round, alternating order",
     }
@@ -471,24 +459,13 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                 for donate in donations:
                     label = {**base, "donated": donate}
                     group = [
-                        jax_runner(
-                            {**label, "impl": "optax"}, optax_optimizer(name), params, grads, donate, None
-                        ),
+                        jax_runner({**label, "impl": "optax"}, optax_optimizer(name), params, grads, donate),
                         jax_runner(
                             {**label, "impl": "optim_chain"},
                             optim_chain_optimizer(name),
                             params,
                             grads,
                             donate,
-                            None,
-                        ),
-                        jax_runner(
-                            {**label, "impl": "optim_chain streamed"},
-                            optim_chain_optimizer(name),
-                            params,
-                            grads,
-                            donate,
-                            chunk,
                         ),
                     ]
                     if use_torch and donate:
@@ -649,23 +626,21 @@ def summary(report: dict[str, Any]) -> list[str]:
     size = max(r["size"] for r in results)
     pick = {(r["layout"], r["optimizer"], r["impl"]): r for r in results if r["size"] == size}
     lines = [
-        f"Key ratios at {_fmt_size(size)} parameters, donated buffers (step time ratios):",
+        f"Key ratios at {_fmt_size(size)} parameters, donated buffers (ratios of median step times):",
         "",
-        "| layout | optimizer | plain / optax | streamed / optax | streamed / floor | optax / floor "
-        "| streamed / torch fused | compile plain / optax |",
+        "| layout | optimizer | optim_chain / optax | optim_chain / floor | optax / floor "
+        "| optim_chain / torch fused | tree / one leaf | compile optim_chain / optax |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for (layout, name, impl), r in sorted(pick.items()):
         if impl != "optim_chain":
             continue
-        streamed = pick.get((layout, name, "optim_chain streamed"))
         optax_ = pick.get((layout, name, "optax"))
         fused = pick.get((layout, name, "torch fused"))
         lines.append(
-            f"| {layout} | {name} | {_ratio(r['x_optax'])} | {_ratio(streamed and streamed['x_optax'])} | "
-            f"{_ratio(streamed and streamed['x_floor'])} | {_ratio(optax_ and optax_['x_floor'])} | "
-            f"{_ratio(streamed and fused and streamed['ms'] / fused['ms'])} | "
-            f"{_ratio(r.get('x_optax_compile'))} |"
+            f"| {layout} | {name} | {_ratio(r['x_optax'])} | {_ratio(r['x_floor'])} | "
+            f"{_ratio(optax_ and optax_['x_floor'])} | {_ratio(fused and r['ms'] / fused['ms'])} | "
+            f"{_ratio(r.get('x_one_leaf'))} | {_ratio(r.get('x_optax_compile'))} |"
         )
     return lines
 
@@ -678,8 +653,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.warmup < 0:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
-    if args.chunk_size is not None and args.chunk_size < 1:
-        parser.error(f"--chunk-size must be >= 1, got {args.chunk_size}")
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
     import jax
