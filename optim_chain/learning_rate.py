@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from optim_chain import _validation
-from optim_chain._tree import check_float_params, check_matching, compute_dtype, increment
+from optim_chain._tree import check_float_params, check_matching, compute_dtype, increment, per_dtype
 from optim_chain.moments import _expect_step
 from optim_chain.transform import Transform
 
@@ -53,8 +53,10 @@ def scale_by_learning_rate(learning_rate: float | Callable[[jax.Array], Any]) ->
             check_matching(updates, params)
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
 
+        negative_lr = per_dtype(lambda dtype: -jnp.asarray(lr, dtype))
+
         def scale(u: jax.Array) -> jax.Array:
-            return (-jnp.asarray(lr, compute_dtype(u.dtype)) * u).astype(u.dtype)
+            return (negative_lr(compute_dtype(u.dtype)) * u).astype(u.dtype)
 
         if not callable(learning_rate):
             return jax.tree.map(scale, updates), state
