@@ -7,6 +7,7 @@ they measured.
     python benchmarks/experiments.py mof      # XLA's CPU multi-output fusion (a compiler option)
     python benchmarks/experiments.py layout   # m and v in one buffer, interleaved or stacked
     python benchmarks/experiments.py sliced   # the step in cache-sized slices, written in place
+    python benchmarks/experiments.py schedule # leaf by leaf: XLA's memory-optimized scheduler
 
 Options: ``--size 10M`` (parameters, one float32 leaf), ``--repeats 15``.
 """
@@ -233,17 +234,73 @@ def sliced(args: argparse.Namespace) -> None:
     report(n, rotate(cases, args.repeats), texts)
 
 
+# ------------------------------------------------------------------- schedule
+
+
+MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+
+
+def leaf_major(text: str) -> float:
+    """Fraction of consecutive array loops in the entry computation that work on the same leaf.
+
+    With three loops per leaf (m, v, parameters), 2/3 means every leaf's loops run back to
+    back, so its freshly written m and v are still in cache when the parameter loop reads them.
+    """
+    entry = text[text.index("ENTRY") :]
+    leaves = []
+    for line in entry.splitlines():
+        if " fusion(" not in line or "= f32[] " in line or "= s32[] " in line:
+            continue
+        operands = line.split(" fusion(", 1)[1]
+        names = [
+            n[4:] for n in operands.replace(",", " ").replace(")", " ").split() if n[:4] in ("%g__", "%p__")
+        ]
+        leaves.append(names[0] if names else operands[:40])
+    same = sum(a == b for a, b in zip(leaves, leaves[1:]))
+    return same / max(len(leaves) - 1, 1)
+
+
+def schedule(args: argparse.Namespace) -> None:
+    """The transformer-like tree with XLA's default and memory-optimized CPU schedulers."""
+    from optim_chain.bench import make_params
+
+    params, grads = make_params(args.size, "tree", jax.devices("cpu")[0])
+    cases, texts, order = {}, {}, {}
+    for name, opt in [("optax.adamw", optax.adamw(LR, weight_decay=WD)), ("oc.adamw", oc.adamw(LR, WD))]:
+        for label, options in [("", {}), (" memory scheduler", MEMORY_SCHEDULER)]:
+
+            def step(p, s, g, opt=opt):
+                updates, s = opt.update(g, s, p)
+                return optax.apply_updates(p, updates), s
+
+            p = jax.tree.map(jnp.copy, params)
+            compiled = jax.jit(step, donate_argnums=(0, 1)).lower(p, opt.init(p), grads).compile(options)
+            box = [(p, opt.init(p))]
+
+            def run(compiled=compiled, box=box) -> None:
+                box[0] = compiled(box[0][0], box[0][1], grads)
+                jax.block_until_ready(box[0])
+
+            cases[name + label], texts[name + label] = run, compiled.as_text()
+            order[name + label] = leaf_major(texts[name + label])
+    cases["stream a += b"] = stream_case(args.size)
+    found = rotate(cases, args.repeats)
+    report(args.size, found, texts)
+    for name, fraction in order.items():
+        print(f"{name:34s} consecutive loops on the same leaf: {fraction:.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("experiment", choices=["mof", "layout", "sliced"])
+    parser.add_argument("experiment", choices=["mof", "layout", "sliced", "schedule"])
     parser.add_argument("--size", type=parse_size, default=parse_size("10M"))
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args(argv)
     if args.experiment == "sliced":
         args.size -= args.size % 1048576 or 0
-    {"mof": mof, "layout": layout, "sliced": sliced}[args.experiment](args)
+    {"mof": mof, "layout": layout, "sliced": sliced, "schedule": schedule}[args.experiment](args)
     return 0
 
 
