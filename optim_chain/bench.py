@@ -362,6 +362,7 @@ def jax_runner(label: dict[str, Any], opt: Any, params: Any, grads: Any, donate:
 
     params = jax.tree.map(jnp.copy, params)
     state = jax.jit(opt.init)(params)
+    jax.block_until_ready((params, state))  # so that the compile time below is compile time only
     jitted = jax.jit(step, donate_argnums=(0, 2) if donate else ())
     start = time.perf_counter()
     compiled = jitted.lower(params, grads, state).compile()
