@@ -349,25 +349,36 @@ def torch_optimizer(torch: Any, name: str, tensors: list, variant: str) -> Any:
     return torch.optim.Adam(tensors, weight_decay=0.0, **kwargs)
 
 
-def jax_runner(label: dict[str, Any], opt: Any, params: Any, grads: Any, donate: bool) -> Runner:
-    """Compiles the jitted step ``(params, grads, state) -> (params, state)`` for timing."""
+def jax_runner(
+    label: dict[str, Any], opt: Any, params: Any, grads: Any, donate: bool, compiles: int = 3
+) -> Runner:
+    """Compiles the jitted step ``(params, grads, state) -> (params, state)`` for timing.
+
+    The compile time (tracing, lowering and XLA) is the median of ``compiles`` compilations.
+    """
     import jax
     import jax.numpy as jnp
     import optax
 
     from optim_chain import _hlo
 
-    def step(params: Any, grads: Any, state: Any) -> tuple[Any, Any]:
-        updates, state = opt.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
+    def make_step() -> Callable:
+        # a new function each time, so that nothing traced or compiled before is reused
+        def step(params: Any, grads: Any, state: Any) -> tuple[Any, Any]:
+            updates, state = opt.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        return jax.jit(step, donate_argnums=(0, 2) if donate else ())
 
     params = jax.tree.map(jnp.copy, params)
     state = jax.jit(opt.init)(params)
     jax.block_until_ready((params, state))  # so that the compile time below is compile time only
-    jitted = jax.jit(step, donate_argnums=(0, 2) if donate else ())
-    start = time.perf_counter()
-    compiled = jitted.lower(params, grads, state).compile()
-    compile_s = time.perf_counter() - start
+    compile_times = []
+    for _ in range(compiles):
+        start = time.perf_counter()
+        compiled = make_step().lower(params, grads, state).compile()
+        compile_times.append(time.perf_counter() - start)
+    compile_s = statistics.median(compile_times)
     memory = compiled.memory_analysis()
     peak = None
     if memory is not None:
@@ -599,8 +610,9 @@ def markdown(report: dict[str, Any]) -> str:
         "Median ms per step; B/param = median time x bandwidth / parameters (measured, not "
         "counted); x floor and x optax are ratios of step times (optax: same optimizer, layout "
         "and donation); tree / leaf = this tree's time over one leaf of the same size; compile = "
-        "lower + compile in seconds; peak = XLA's buffers (arguments + outputs - aliased + "
-        "temporaries), for torch the tensors (params, grads, state). torch updates in place.",
+        "trace + lower + compile in seconds (median of 3); peak = XLA's buffers (arguments + "
+        "outputs - aliased + temporaries), for torch the tensors (params, grads, state). torch "
+        "updates in place.",
         "",
         "| size | layout | optimizer | implementation | donated | ms/step | B/param | x floor | x optax "
         "| tree / leaf | compile s | x optax compile | peak MB |",
