@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per case (median; default 11)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (default 2)")
     parser.add_argument(
+        "--compiles",
+        type=int,
+        default=3,
+        help="compilations per jax case; the median is reported (default 3)",
+    )
+    parser.add_argument(
         "--device",
         default="cpu",
         help="jax backend to run on: cpu (default), gpu, tpu, or any name jax.devices() accepts",
@@ -441,6 +447,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     donations = [d == "yes" for d in (args.donate or (["yes"] if quick else ["yes", "no"]))]
     repeats = args.repeats or (5 if quick else 11)
     warmup = args.warmup
+    compiles = args.compiles
     device = jax.devices(args.device)[0]
     use_torch = not args.no_torch and _torch_device(device) is not None
     torch = _torch() if use_torch else None
@@ -453,6 +460,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         "donate": donations,
         "repeats": repeats,
         "warmup": warmup,
+        "compiles": compiles,
         "torch": use_torch,
         "timing": "round-robin: every case of a group runs once per round, alternating order; "
         "jax cases and torch cases in separate groups, each with its framework's in-place a += b",
@@ -481,7 +489,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                             jax_streams,
                             [
                                 jax_runner(
-                                    {**label, "impl": "optax"}, optax_optimizer(name), params, grads, donate
+                                    {**label, "impl": "optax"},
+                                    optax_optimizer(name),
+                                    params,
+                                    grads,
+                                    donate,
+                                    compiles,
                                 ),
                                 jax_runner(
                                     {**label, "impl": "optim_chain"},
@@ -489,6 +502,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                                     params,
                                     grads,
                                     donate,
+                                    compiles,
                                 ),
                             ],
                         )
@@ -676,6 +690,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.warmup < 0:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.compiles < 1:
+        parser.error(f"--compiles must be >= 1, got {args.compiles}")
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
     # torch's OpenMP threads otherwise spin after each step and slow down whatever runs next

@@ -1,0 +1,69 @@
+"""The benchmark's own pieces: size parsing, the transformer-like tree, and a tiny end-to-end run.
+
+Nothing here asserts a time: the run uses a few thousand parameters and one repeat only to
+check that every case runs and that the report has what BENCHMARKS.md shows.
+"""
+
+import argparse
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from optim_chain import bench
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("1M", 10**6), ("50M", 5 * 10**7), ("250k", 250_000), ("1e6", 10**6), ("1234", 1234)]
+)
+def test_parse_size(text, size):
+    assert bench.parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "M", "1.5", "-2M", "abc"])
+def test_parse_size_refuses_bad_sizes(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        bench.parse_size(text)
+
+
+@pytest.mark.parametrize("size", [10**6, 5 * 10**7])
+def test_transformer_tree_has_150_plus_leaves_and_the_requested_size(size):
+    shapes = bench.transformer_shapes(size)
+    leaves = jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple))
+    total = sum(int(np.prod(s)) for s in leaves)
+    width = shapes["ln_f"]["scale"][0]
+    assert len(leaves) >= 150
+    assert size - width < total <= size
+
+
+def test_bad_arguments_exit_with_a_message(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--optimizers", "lion"])
+    assert "choose from adamw, adam_l2, adam; got 'lion'" in capsys.readouterr().err
+
+
+def test_tiny_run_writes_json_and_markdown(tmp_path):
+    argv = ["--sizes", "3k", "--optimizers", "adam_l2", "--repeats", "1", "--warmup", "0"]
+    argv += ["--compiles", "1", "--no-torch", "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    cases = {(r["layout"], r["optimizer"], r["impl"], r["donated"]) for r in report["results"]}
+    for layout in ("leaf", "tree"):
+        for impl in ("optax", "optim_chain"):
+            assert {(layout, "adam_l2", impl, True), (layout, "adam_l2", impl, False)} <= cases
+    tree = next(r for r in report["results"] if r["layout"] == "tree")
+    assert tree["leaves"] >= 150 and tree["x_one_leaf"] > 0
+    for r in report["results"]:
+        assert r["ms"] > 0 and r["floor_ms"] > 0 and r["array_loops"] >= 3
+        assert r["x_optax"] == pytest.approx(
+            r["ms"]
+            / next(
+                o["ms"]
+                for o in report["results"]
+                if (o["layout"], o["optimizer"], o["impl"], o["donated"])
+                == (r["layout"], r["optimizer"], "optax", r["donated"])
+            )
+        )
+    table = (tmp_path / "bench.md").read_text()
+    assert "| size | layout | optimizer |" in table and "Key ratios at 3k parameters" in table
