@@ -55,9 +55,9 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         mask = nn.make_causal_mask(jnp.ones(x.shape[:-1], jnp.int32))
-        h = nn.LayerNorm(name="ln_attention")(x)
+        h = nn.LayerNorm(name="norm_attention")(x)
         x = x + nn.MultiHeadDotProductAttention(self.num_heads, name="attention")(h, mask=mask)
-        h = nn.LayerNorm(name="ln_mlp")(x)
+        h = nn.LayerNorm(name="norm_mlp")(x)
         h = nn.gelu(nn.Dense(self.mlp_ratio * self.d_model, name="mlp_in")(h))
         return x + nn.Dense(self.d_model, name="mlp_out")(h)
 
@@ -78,7 +78,7 @@ class Transformer(nn.Module):
         x = x + nn.Embed(self.max_len, self.d_model, name="position_embed")(positions)
         for i in range(self.num_layers):
             x = Block(self.d_model, self.num_heads, name=f"block_{i}")(x)
-        x = nn.LayerNorm(name="ln_final")(x)
+        x = nn.LayerNorm(name="norm_final")(x)
         return nn.Dense(self.vocab_size, name="head")(x)
 
 
@@ -115,16 +115,16 @@ class NNXBlock(nnx.Module):
     """The NNX twin of :class:`Block`."""
 
     def __init__(self, d_model: int, num_heads: int, mlp_ratio: int = 4, *, rngs: nnx.Rngs) -> None:
-        self.ln_attention = nnx.LayerNorm(d_model, rngs=rngs)
+        self.norm_attention = nnx.LayerNorm(d_model, rngs=rngs)
         self.attention = nnx.MultiHeadAttention(num_heads, d_model, decode=False, rngs=rngs)
-        self.ln_mlp = nnx.LayerNorm(d_model, rngs=rngs)
+        self.norm_mlp = nnx.LayerNorm(d_model, rngs=rngs)
         self.mlp_in = nnx.Linear(d_model, mlp_ratio * d_model, rngs=rngs)
         self.mlp_out = nnx.Linear(mlp_ratio * d_model, d_model, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         mask = nnx.make_causal_mask(jnp.ones(x.shape[:-1], jnp.int32))
-        x = x + self.attention(self.ln_attention(x), mask=mask)
-        return x + self.mlp_out(nnx.gelu(self.mlp_in(self.ln_mlp(x))))
+        x = x + self.attention(self.norm_attention(x), mask=mask)
+        return x + self.mlp_out(nnx.gelu(self.mlp_in(self.norm_mlp(x))))
 
 
 class NNXTransformer(nnx.Module):
@@ -143,11 +143,11 @@ class NNXTransformer(nnx.Module):
         self.token_embed = nnx.Embed(vocab_size, d_model, rngs=rngs)
         self.position_embed = nnx.Embed(max_len, d_model, rngs=rngs)
         self.blocks = nnx.List([NNXBlock(d_model, num_heads, rngs=rngs) for _ in range(num_layers)])
-        self.ln_final = nnx.LayerNorm(d_model, rngs=rngs)
+        self.norm_final = nnx.LayerNorm(d_model, rngs=rngs)
         self.head = nnx.Linear(d_model, vocab_size, rngs=rngs)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         x = self.token_embed(tokens) + self.position_embed(jnp.arange(tokens.shape[-1]))
         for block in self.blocks:
             x = block(x)
-        return self.head(self.ln_final(x))
+        return self.head(self.norm_final(x))
