@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
 
     text = data.text(seq_len=64, test_fraction=0.02)
     model = models.Transformer(vocab_size=text.num_classes, max_len=64)
-    params = model.init(jax.random.key(0), text.x_train[:1])["params"]
+    params = jax.jit(model.init)(jax.random.key(0), text.x_train[:1])["params"]
 
     # Which parameters decay: embeddings and kernels yes; biases and LayerNorm scale/bias no.
     print(masks.describe_mask(params, masks.DEFAULT_DECAY))

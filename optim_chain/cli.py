@@ -121,7 +121,7 @@ def _masks(args: argparse.Namespace) -> int:
     experiment = config.load_experiment(args.config, kind, args.overrides)
     dataset = experiment.load_data()
     model = experiment.build_model(dataset)
-    params = model.init(jax.random.key(0), dataset.x_train[:1])["params"]
+    params = jax.eval_shape(model.init, jax.random.key(0), dataset.x_train[:1])["params"]
     for label, spec in experiment.optimizers.items():
         if kind == "sweep":
             grid = experiment.grids[label]

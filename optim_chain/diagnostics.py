@@ -142,8 +142,8 @@ class Separability(NamedTuple):
         About ``-1`` means the good region is a diagonal (``lr * lambda`` constant: coupled);
         about ``0`` means the best decay does not move (separable).
       spread_decades: ``max - min`` of ``log10(best wd)`` over those rows.
-      interaction: the share of the variance of ``log(metric)`` over the whole grid that an
-        additive model ``a(lr) + b(wd)`` cannot explain: 0 for a perfectly separable surface.
+      interaction: the share of the variance of the (clipped) metric over the whole grid that
+        an additive model ``a(lr) + b(wd)`` cannot explain: 0 for a perfectly separable surface.
     """
 
     best_weight_decay: np.ndarray
@@ -179,7 +179,7 @@ def separability(
     log_wd = np.log10(np.maximum(best_wd[rows], 1e-30))
     slope = float(np.polyfit(log_lr, log_wd, 1)[0]) if rows.sum() >= 2 else float("nan")
     spread = float(log_wd.max() - log_wd.min()) if rows.any() else float("nan")
-    z = np.log(np.maximum(grid, 1e-12))
+    z = grid
     additive = z.mean(axis=1, keepdims=True) + z.mean(axis=0, keepdims=True) - z.mean()
     total = float(np.sum((z - z.mean()) ** 2))
     interaction = float(np.sum((z - additive) ** 2) / total) if total > 0 else 0.0

@@ -4,7 +4,9 @@
 a pure function of its hyperparameters and its seed, so many runs train as one program:
 ``jax.vmap`` over seeds (compare) or over a learning-rate x weight-decay grid (sweep), then one
 ``jax.jit``. The optimizer is rebuilt inside the traced function from the hyperparameters, which
-may be tracers; optim_chain's constructors check concrete numbers and let tracers through.
+may be tracers; optim_chain's constructors check concrete numbers and let tracers through. The
+random parts (initial parameters and batch order) are drawn outside the vmapped program, from the
+seed alone, so a run gives the same result alone or in a grid.
 
 Inside a run the steps are a ``jax.lax.scan`` over ``flax.training.train_state.TrainState``
 (``apply_gradients`` calls the optimizer's ``update``). The loop is cut into chunks of
@@ -53,12 +55,11 @@ def loss_and_accuracy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, 
 
 
 class RunState(NamedTuple):
-    """What one run carries between chunks: parameters, optimizer state, step count, PRNG key."""
+    """What one run carries between chunks: parameters, optimizer state and step count."""
 
     params: Any
     opt_state: Any
     step: jax.Array
-    key: jax.Array
 
 
 class ChunkMetrics(NamedTuple):
@@ -77,7 +78,7 @@ class RunResult(NamedTuple):
       train_loss, test_loss, test_accuracy: ``float[R, E]`` curves.
       final: the final :class:`RunState`, each leaf with a leading axis of size ``R``.
       seconds: wall time of the run, compilation included.
-      compile_seconds: wall time of the first chunk (compilation plus one chunk of steps).
+      compile_seconds: wall time until the first chunk was done (compilation plus its steps).
     """
 
     steps: np.ndarray
@@ -89,15 +90,29 @@ class RunResult(NamedTuple):
     compile_seconds: float
 
 
+def batch_indices(seed: int, steps: int, batch_size: int, num_examples: int) -> np.ndarray:
+    """The training examples of every step of a run, ``int32[steps, batch_size]``, drawn with replacement.
+
+    Drawn on the host with NumPy from ``seed`` alone, so a run sees the same batches whether it
+    trains alone or vmapped with others, and the compiled program holds no random-number code.
+    """
+    rng = np.random.default_rng([int(seed), 1])
+    return rng.integers(0, num_examples, (steps, batch_size), dtype=np.int32)
+
+
 class Trainer:
     """Trains a linen model on a :class:`~optim_chain.data.Dataset`, many runs at once.
+
+    A run is fixed by its hyperparameters and its seed: the seed sets the initial parameters
+    (``model.init`` with an ``"rbg"`` key, which compiles quickly on CPU) and the batches
+    (:func:`batch_indices`).
 
     Args:
       model: a linen module mapping a batch of inputs to logits.
       dataset: the data; its arrays are passed to the compiled program as arguments.
       build_optimizer: ``hyperparams -> optax.GradientTransformation``, called inside the traced
         function (so the hyperparameters may be tracers).
-      batch_size: examples per step, drawn uniformly with replacement.
+      batch_size: examples per step.
       chunk_steps: steps between two evaluations of the test set.
     """
 
@@ -117,34 +132,33 @@ class Trainer:
         self.batch_size = batch_size
         self.chunk_steps = chunk_steps
         self.arrays = tuple(jnp.asarray(a) for a in dataset[1:5])
-        self._sample = jnp.zeros((1, *dataset.x_train.shape[1:]), dataset.x_train.dtype)
+        sample = jnp.zeros((1, *dataset.x_train.shape[1:]), dataset.x_train.dtype)
+        self._init_params = jax.jit(
+            lambda seed: model.init(jax.random.key(seed, impl="rbg"), sample)["params"]
+        )
 
     # ------------------------------------------------------------------ one run, pure functions
 
-    def init_params(self, seed: jax.Array) -> Any:
-        """The model's initial parameters for ``seed``."""
-        return self.model.init(jax.random.fold_in(jax.random.key(seed), 0), self._sample)["params"]
+    def init_params(self, seed: int) -> Any:
+        """The model's initial parameters for ``seed`` (compiled once per trainer)."""
+        return self._init_params(np.int32(seed))
 
-    def init(self, hyperparams: Hyperparams, seed: jax.Array) -> RunState:
-        """The starting :class:`RunState` of one run."""
-        params = self.init_params(seed)
+    def init(self, hyperparams: Hyperparams, params: Any) -> RunState:
+        """The starting :class:`RunState` of one run from its initial parameters."""
         opt_state = self.build_optimizer(hyperparams).init(params)
-        key = jax.random.fold_in(jax.random.key(seed), 1)
-        return RunState(params, opt_state, jnp.zeros([], jnp.int32), key)
+        return RunState(params, opt_state, jnp.zeros([], jnp.int32))
 
     def chunk(
-        self, hyperparams: Hyperparams, run: RunState, arrays: tuple[jax.Array, ...], steps: int
+        self, hyperparams: Hyperparams, run: RunState, arrays: tuple[jax.Array, ...], indices: jax.Array
     ) -> tuple[RunState, ChunkMetrics]:
-        """``steps`` training steps of one run, then an evaluation on the test set."""
+        """One training step per row of ``indices`` (``int[steps, batch]``), then a test evaluation."""
         x_train, y_train, x_test, y_test = arrays
         tx = self.build_optimizer(hyperparams)
         state = train_state.TrainState(
             step=run.step, apply_fn=self.model.apply, params=run.params, tx=tx, opt_state=run.opt_state
         )
 
-        def train_step(state: train_state.TrainState, key: jax.Array):
-            index = jax.random.randint(key, (self.batch_size,), 0, x_train.shape[0])
-
+        def train_step(state: train_state.TrainState, index: jax.Array):
             def loss_fn(params: Any) -> jax.Array:
                 logits = state.apply_fn({"params": params}, x_train[index])
                 return loss_and_accuracy(logits, y_train[index])[0]
@@ -152,10 +166,9 @@ class Trainer:
             loss, grads = jax.value_and_grad(loss_fn)(state.params)
             return state.apply_gradients(grads=grads), loss
 
-        key, subkey = jax.random.split(run.key)
-        state, losses = jax.lax.scan(train_step, state, jax.random.split(subkey, steps))
+        state, losses = jax.lax.scan(train_step, state, indices)
         test_loss, test_accuracy = self.evaluate(state.params, x_test, y_test)
-        new_run = RunState(state.params, state.opt_state, state.step, key)
+        new_run = RunState(state.params, state.opt_state, state.step)
         return new_run, ChunkMetrics(losses.mean(), test_loss, test_accuracy)
 
     def evaluate(self, params: Any, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -169,8 +182,8 @@ class Trainer:
         init, chunk = self.init, self.chunk
         if batched:
             init = jax.vmap(init)
-            chunk = jax.vmap(chunk, in_axes=(0, 0, None, None))
-        return jax.jit(init), jax.jit(chunk, static_argnums=3)
+            chunk = jax.vmap(chunk, in_axes=(0, 0, None, 0))
+        return jax.jit(init), jax.jit(chunk)
 
     def run(
         self,
@@ -187,7 +200,7 @@ class Trainer:
         Args:
           hyperparams: a mapping of arrays with one entry per run along axis 0 (``batched``), or
             of scalars (one run, ``batched=False``). Empty when the optimizer has none.
-          seeds: one integer seed per run (it sets the initialisation and the batch order).
+          seeds: one integer seed per run (it sets the initialisation and the batches).
           steps: training steps per run.
           batched: train all runs as one vmapped program (``True``) or a single run.
           progress: called with the number of steps just taken, after every chunk.
@@ -198,23 +211,32 @@ class Trainer:
         """
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        init, chunk = compiled or self.compiled(batched)
-        seeds = np.asarray(seeds, np.int32)
-        if not batched and seeds.ndim == 1:
-            if len(seeds) != 1:
-                raise ValueError(f"batched=False trains one run; got {len(seeds)} seeds")
-            seeds = seeds[0]
-        hyperparams = {k: jnp.asarray(v) for k, v in hyperparams.items()}
-        sizes = [self.chunk_steps] * (steps // self.chunk_steps)
-        if steps % self.chunk_steps:
-            sizes.append(steps % self.chunk_steps)
+        seeds = [int(s) for s in np.atleast_1d(np.asarray(seeds))]
+        if not batched and len(seeds) != 1:
+            raise ValueError(f"batched=False trains one run; got {len(seeds)} seeds")
         start = time.perf_counter()
-        state = init(hyperparams, seeds)
+        init, chunk = compiled or self.compiled(batched)
+        unique = sorted(set(seeds))
+        initial = {s: self.init_params(s) for s in unique}
+        indices = {s: batch_indices(s, steps, self.batch_size, len(self.dataset.x_train)) for s in unique}
+        if batched:
+            params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[initial[s] for s in seeds])
+            all_indices = np.stack([indices[s] for s in seeds], axis=1)  # [steps, runs, batch]
+        else:
+            params, all_indices = initial[seeds[0]], indices[seeds[0]]
+        hyperparams = {k: jnp.asarray(v) for k, v in hyperparams.items()}
+        state = init(hyperparams, params)
         history = []
         compile_seconds = 0.0
-        for size in sizes:
-            state, metrics = chunk(hyperparams, state, self.arrays, size)
+        done = 0
+        while done < steps:
+            size = min(self.chunk_steps, steps - done)
+            chunk_indices = all_indices[done : done + size]
+            if batched:
+                chunk_indices = np.swapaxes(chunk_indices, 0, 1)
+            state, metrics = chunk(hyperparams, state, self.arrays, chunk_indices)
             history.append(jax.device_get(metrics))
+            done += size
             if not compile_seconds:
                 compile_seconds = time.perf_counter() - start
             if progress is not None:
@@ -223,9 +245,8 @@ class Trainer:
         seconds = time.perf_counter() - start
         curves = [np.stack([np.atleast_1d(getattr(m, f)) for m in history], -1) for f in ChunkMetrics._fields]
         final = state if batched else jax.tree.map(lambda x: x[None], state)
-        return RunResult(
-            np.cumsum(sizes), *curves, final=final, seconds=seconds, compile_seconds=compile_seconds
-        )
+        evaluated = np.minimum(np.arange(1, len(history) + 1) * self.chunk_steps, steps)
+        return RunResult(evaluated, *curves, final=final, seconds=seconds, compile_seconds=compile_seconds)
 
 
 def unstack(tree: Any, index: int) -> Any:

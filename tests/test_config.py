@@ -21,7 +21,7 @@ EXPERIMENT_FILES = sorted(CONFIGS.glob("*.yaml"))
 
 
 def _mlp_params(hidden: int = 8) -> dict:
-    return models.MLP(hidden=(hidden,)).init(jax.random.key(0), jnp.zeros((1, 64)))["params"]
+    return jax.jit(models.MLP(hidden=(hidden,)).init)(jax.random.key(0), jnp.zeros((1, 64)))["params"]
 
 
 def test_every_config_file_is_covered():
@@ -62,9 +62,8 @@ def test_preset_files_build_their_preset_and_train():
 
 def test_adamw_file_predicate_matches_the_default_mask():
     mask = config.load_optimizer(CONFIGS / "presets" / "adamw.yaml").parts[-1].hyperparams["mask"]
-    text_params = models.Transformer(vocab_size=12, max_len=8, d_model=8, num_heads=2, num_layers=1).init(
-        jax.random.key(0), jnp.zeros((1, 8), jnp.int32)
-    )["params"]
+    transformer = models.Transformer(vocab_size=12, max_len=8, d_model=8, num_heads=2, num_layers=1)
+    text_params = jax.eval_shape(transformer.init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     for params in (_mlp_params(), text_params):
         assert masks.resolve_mask(mask, params) == masks.resolve_mask(masks.DEFAULT_DECAY, params)
 
@@ -80,20 +79,25 @@ def test_experiment_files_load_build_and_step(path):
     if dataset is None:  # the text model: a tiny vocabulary is enough to exercise its parameters
         dataset = data.Dataset("text", np.zeros((2, 8), np.int32), *[np.zeros((2, 8), np.int32)] * 3, 12)
     model = experiment.build_model(dataset)
-    params = model.init(jax.random.key(0), dataset.x_train[:1])["params"]
-    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.1), params)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), dataset.x_train[:1])["params"]
+    params = jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype), shapes)
+    grads = jax.tree.map(lambda s: np.full(s.shape, 0.1, s.dtype), shapes)
     transforms = []
     for label, spec in experiment.optimizers.items():
         if kind == "sweep":
             grid = experiment.grids[label]
             assert len(grid.learning_rate) >= 2 and len(grid.weight_decay) >= 2
-            transforms.append(spec.build({"learning_rate": grid.learning_rate[-1], "weight_decay": grid.weight_decay[-1]}))
+            transforms.append(
+                spec.build({"learning_rate": grid.learning_rate[-1], "weight_decay": grid.weight_decay[-1]})
+            )
         else:
             transforms.append(spec.build())
 
     @jax.jit
     def one_step(params):
-        return [optax.apply_updates(params, tx.update(grads, tx.init(params), params)[0]) for tx in transforms]
+        return [
+            optax.apply_updates(params, tx.update(grads, tx.init(params), params)[0]) for tx in transforms
+        ]
 
     for new in one_step(params):
         chex.assert_tree_all_finite(new)
@@ -124,21 +128,28 @@ def test_custom_chains_differ_by_the_decay_line_and_match_the_presets():
         (experiment.optimizers["adam_l2"].build(), oc.adam_l2(1e-3, 1e-2, mask=masks.DEFAULT_DECAY)),
         (experiment.optimizers["adamw"].build(), oc.adamw(1e-3, 1e-2, mask=masks.DEFAULT_DECAY)),
     ]
-    for custom, preset in pairs:
+
+    @jax.jit
+    def three_steps(params):
         results = []
-        for tx in (custom, preset):
+        for tx in [tx for pair in pairs for tx in pair]:
             p, state = params, tx.init(params)
             for _ in range(3):
                 updates, state = tx.update(grads, state, p)
                 p = optax.apply_updates(p, updates)
             results.append(p)
-        chex.assert_trees_all_close(*results, rtol=1e-6)
+        return results
+
+    results = three_steps(params)
+    chex.assert_trees_all_close(results[0], results[1], rtol=1e-6)
+    chex.assert_trees_all_close(results[2], results[3], rtol=1e-6)
 
 
 def test_numbers_written_without_a_dot_and_schedules(tmp_path):
     path = tmp_path / "opt.yaml"
     path.write_text(
-        "optimizer:\n  preset: adamw\n  learning_rate: {schedule: cosine_decay, init_value: 1e-3, decay_steps: 10}\n"
+        "optimizer:\n  preset: adamw\n"
+        "  learning_rate: {schedule: cosine_decay, init_value: 1e-3, decay_steps: 10}\n"
         "  weight_decay: 1e-2\n  decay_scaling: schedule\n  peak_learning_rate: 1e-3\n"
     )
     transform = config.load_optimizer(path)
@@ -148,16 +159,30 @@ def test_numbers_written_without_a_dot_and_schedules(tmp_path):
 
 
 def test_overrides_apply_before_validation():
-    experiment = config.load_experiment(None, "compare", ["training.steps=7", "model.hidden=[4, 3]", "name=x"])
+    experiment = config.load_experiment(
+        None, "compare", ["training.steps=7", "model.hidden=[4, 3]", "name=x"]
+    )
     assert experiment.training.steps == 7 and experiment.model["hidden"] == (4, 3) and experiment.name == "x"
 
 
 BAD = [
-    ("optimizer:\n  preset: adamw\n  learning_rate: 1.0e-3\n  nme: 1\n", "key 'optimizer.nme' is unknown; valid keys:"),
-    ("optimizer:\n  preset: adamx\n  learning_rate: 1.0\n", "key 'optimizer.preset' is 'adamx'; valid choices: adagrad"),
+    (
+        "optimizer:\n  preset: adamw\n  learning_rate: 1.0e-3\n  nme: 1\n",
+        "key 'optimizer.nme' is unknown; valid keys:",
+    ),
+    (
+        "optimizer:\n  preset: adamx\n  learning_rate: 1.0\n",
+        "key 'optimizer.preset' is 'adamx'; valid choices: adagrad",
+    ),
     ("optimizer:\n  preset: adamw\n", "key 'optimizer' is missing the required argument(s) learning_rate"),
-    ("optimizer:\n  chain: [estimate_moment]\n", "key 'optimizer.chain.0' names 'estimate_moment'; valid primitives:"),
-    ("optimizer:\n  preset: adamw\n  learning_rate: 1.0e-3\n  mask: defualt\n", "valid choices: default, all"),
+    (
+        "optimizer:\n  chain: [estimate_moment]\n",
+        "key 'optimizer.chain.0' names 'estimate_moment'; valid primitives:",
+    ),
+    (
+        "optimizer:\n  preset: adamw\n  learning_rate: 1.0e-3\n  mask: defualt\n",
+        "valid choices: default, all",
+    ),
     (
         "optimizer:\n  preset: adamw\n  learning_rate: 1.0e-3\n  mask: {name_iz: bias}\n",
         "key 'optimizer.mask.name_iz' is unknown; valid keys: all_of, any_of, name_is",
@@ -188,10 +213,22 @@ def test_bad_optimizer_files_give_one_line_errors(tmp_path, text, expected):
 
 
 BAD_EXPERIMENTS = [
-    ("compare", "traning: {steps: 3}\n", "key 'traning' is unknown; valid keys: data, model, name, optimizers"),
+    (
+        "compare",
+        "traning: {steps: 3}\n",
+        "key 'traning' is unknown; valid keys: data, model, name, optimizers",
+    ),
     ("compare", "data: {name: mnist}\n", "key 'data.name' is 'mnist'; valid choices: digits, text"),
-    ("compare", "model: {name: transformer}\n", "key 'model.name' is 'transformer', which needs data.name 'text'"),
-    ("compare", "model: {name: mlp, hiden: [3]}\n", "key 'model.hiden' is unknown; valid keys: hidden, layer_norm"),
+    (
+        "compare",
+        "model: {name: transformer}\n",
+        "key 'model.name' is 'transformer', which needs data.name 'text'",
+    ),
+    (
+        "compare",
+        "model: {name: mlp, hiden: [3]}\n",
+        "key 'model.hiden' is unknown; valid keys: hidden, layer_norm",
+    ),
     ("compare", "training: {steps: 0}\n", "key 'training.steps' must be an integer >= 1, got 0"),
     ("compare", "optimizers: {a: {preset: adam, learning_rate: fast}}\n", "key 'optimizers.a' is invalid"),
     ("compare", "optimizers: {a: missing.yaml}\n", "missing.yaml: cannot be read"),
@@ -203,15 +240,21 @@ BAD_EXPERIMENTS = [
     ),
     (
         "sweep",
-        "optimizers: {a: {preset: adamw, learning_rate: 1.0, grid: {learning_rate: [1.0], weight_decay: [1.0]}}}\n",
+        "optimizers: {a: {preset: adamw, learning_rate: 1.0,"
+        " grid: {learning_rate: [1.0], weight_decay: [1.0]}}}\n",
         "key 'optimizers.a.learning_rate' is set by the experiment",
     ),
     (
         "sweep",
-        "optimizers: {a: {preset: adamw, grid: {learning_rate: {min: 1.0, max: 0.1, num: 3}, weight_decay: [0.0]}}}\n",
+        "optimizers: {a: {preset: adamw,"
+        " grid: {learning_rate: {min: 1.0, max: 0.1, num: 3}, weight_decay: [0.0]}}}\n",
         "key 'optimizers.a.grid.learning_rate' needs 0 < min <= max",
     ),
-    ("sweep", "pairs: [[adam_l2, adamx]]\n", "key 'pairs.0' names 'adamx'; valid choices: adam_l2, adamw, sgd_l2, sgdw"),
+    (
+        "sweep",
+        "pairs: [[adam_l2, adamx]]\n",
+        "key 'pairs.0' names 'adamx'; valid choices: adam_l2, adamw, sgd_l2, sgdw",
+    ),
 ]
 
 
