@@ -423,7 +423,7 @@ DEFAULT_COMPARE: dict[str, Any] = {
     "name": "compare",
     "data": {"name": "digits", "test_fraction": 0.5},
     "model": {"name": "mlp", "hidden": [128], "layer_norm": True},
-    "training": {"steps": 2000, "batch_size": 32, "eval_every": 100, "seeds": 5},
+    "training": {"steps": 2000, "batch_size": 32, "eval_every": 100, "seeds": 10},
     "optimizers": {
         "adam": {"preset": "adam", "learning_rate": 1.0e-3},
         "adam_l2": {"preset": "adam_l2", "learning_rate": 1.0e-3, "weight_decay": 1.0e-2, "mask": "default"},
@@ -436,7 +436,7 @@ DEFAULT_SWEEP: dict[str, Any] = {
     "name": "sweep",
     "data": {"name": "digits", "test_fraction": 0.5},
     "model": {"name": "mlp", "hidden": [128], "layer_norm": True},
-    "training": {"steps": 2000, "batch_size": 32, "eval_every": 500, "seeds": 1},
+    "training": {"steps": 2000, "batch_size": 32, "eval_every": 500, "seeds": 2},
     "optimizers": {
         "adam_l2": {
             "preset": "adam_l2",

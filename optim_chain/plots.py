@@ -51,7 +51,9 @@ def effective_decay(
 
     Args:
       path: the PNG to write.
-      coupled: label -> ``lr * lambda / (sqrt(vhat) + eps)`` for every decayed weight.
+      coupled: label -> ``lr * lambda / (sqrt(vhat) + eps)`` for every decayed weight (the
+        coefficient of ``theta`` in the step if the L2 term moved ``vhat`` no further; above 1
+        the normalised step, which Adam bounds, is what limits the actual shrinkage).
       single: label -> the one per-step decay every decayed weight gets (``eta * lambda``).
       title: the figure's title.
     """
@@ -68,9 +70,9 @@ def effective_decay(
         for (label, value), color in zip(single.items(), COLORS[len(coupled) :]):
             ax.axvline(value, color=color, linewidth=2.5, label=f"{label}: every weight, {value:.1e}")
         ax.set_xscale("log")
-    ax.set_xlabel("fraction of the weight removed per step")
+    ax.set_xlabel("decay coefficient per step: lr*lambda/(sqrt(vhat)+eps) for L2, eta*lambda decoupled")
     ax.set_ylabel("number of weights")
-    ax.set_title(title or "effective weight decay per step, at the end of training")
+    ax.set_title(title or "effective weight decay of each decayed weight, at the end of training")
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=110)
 
