@@ -43,6 +43,23 @@ def map_pair(fn: Any, tree: Any, *others: Any) -> tuple[Any, Any]:
     return treedef.unflatten([p[0] for p in pairs]), treedef.unflatten([p[1] for p in pairs])
 
 
+def per_dtype(make: Any) -> Any:
+    """Memoizes ``make(dtype)``: a scalar factor is traced once per dtype and step, not per leaf.
+
+    Transforms call it inside ``update`` (a fresh cache per trace), so that a tree of many
+    leaves adds one set of scalar operations to the compiled program instead of one per leaf.
+    """
+    cache: dict[Any, Any] = {}
+
+    def get(dtype: Any) -> Any:
+        key = jnp.dtype(dtype)
+        if key not in cache:
+            cache[key] = make(key)
+        return cache[key]
+
+    return get
+
+
 def increment(count: jax.Array) -> jax.Array:
     """Adds one to an int32 step counter, saturating at the largest int32 instead of wrapping."""
     return jnp.where(count < INT32_MAX, count + 1, INT32_MAX).astype(jnp.int32)

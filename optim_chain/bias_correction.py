@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from optim_chain import _validation
-from optim_chain._tree import check_float_params, compute_dtype, increment
+from optim_chain._tree import check_float_params, compute_dtype, increment, per_dtype
 from optim_chain.moments import MomentEstimates, _expect_moments
 from optim_chain.transform import Transform
 
@@ -19,18 +19,22 @@ class BiasCorrectionState(NamedTuple):
     count: jax.Array
 
 
-def _correct(moment: jax.Array, decay: Any, step: jax.Array) -> jax.Array:
-    """``moment / (1 - decay**step)``, the factor computed in at least float32.
+def _factor(decay: Any, step: jax.Array, dtype: Any) -> jax.Array:
+    """``1 - decay**step`` in ``dtype``, accurate to a few ulps at every step.
 
-    ``decay`` is rounded to that dtype first, as the moving average rounds it, so a constant
+    ``decay`` is rounded to ``dtype`` first, as the moving average rounds it, so a constant
     gradient comes back exactly. The factor is evaluated as ``-expm1(step * log(decay))``:
     ``1 - decay**step`` loses most digits to cancellation when ``decay**step`` is close to 1
     (``decay = 0.999999`` at step 10 leaves 3 correct digits in float32).
     """
-    dtype = compute_dtype(moment.dtype)
     log_decay = jnp.log1p(jnp.asarray(decay, dtype) - 1)
-    factor = -jnp.expm1(step.astype(dtype) * log_decay)
-    return (moment.astype(dtype) / factor).astype(moment.dtype)
+    return -jnp.expm1(step.astype(dtype) * log_decay)
+
+
+def _correct(moment: jax.Array, factor: Any) -> jax.Array:
+    """``moment / (1 - decay**step)``; ``factor(dtype)`` gives the divisor in at least float32."""
+    dtype = compute_dtype(moment.dtype)
+    return (moment.astype(dtype) / factor(dtype)).astype(moment.dtype)
 
 
 def correct_bias(b1: float = 0.9, b2: float = 0.999) -> Transform:
@@ -64,8 +68,10 @@ def correct_bias(b1: float = 0.9, b2: float = 0.999) -> Transform:
         del params, extra
         moments = _expect_moments("correct_bias", updates)
         count = increment(state.count)
-        first = jax.tree.map(lambda m: _correct(m, b1, count), moments.first)
-        second = jax.tree.map(lambda v: _correct(v, b2, count), moments.second)
+        first_factor = per_dtype(lambda dtype: _factor(b1, count, dtype))
+        second_factor = per_dtype(lambda dtype: _factor(b2, count, dtype))
+        first = jax.tree.map(lambda m: _correct(m, first_factor), moments.first)
+        second = jax.tree.map(lambda v: _correct(v, second_factor), moments.second)
         return MomentEstimates(first, second), BiasCorrectionState(count=count)
 
     return Transform(init, update, name="correct_bias", hyperparams={"b1": b1, "b2": b2})

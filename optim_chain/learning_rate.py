@@ -7,9 +7,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from optim_chain import _validation
-from optim_chain._tree import check_float_params, check_matching, compute_dtype, increment
+from optim_chain._tree import check_float_params, check_matching, compute_dtype, increment, per_dtype
 from optim_chain.moments import _expect_step
 from optim_chain.transform import Transform
 
@@ -27,7 +28,8 @@ def scale_by_learning_rate(learning_rate: float | Callable[[jax.Array], Any]) ->
 
     Args:
       learning_rate: a constant ``>= 0`` or an optax schedule ``step -> lr`` (the first update
-        uses ``lr(0)``, as in optax).
+        uses ``lr(0)``, as in optax). With a schedule the state is a :class:`LearningRateState`
+        counting steps; with a constant it is ``optax.EmptyState()``.
 
     Example::
 
@@ -37,7 +39,12 @@ def scale_by_learning_rate(learning_rate: float | Callable[[jax.Array], Any]) ->
 
     def init(params: Any) -> LearningRateState:
         check_float_params(params, "scale_by_learning_rate")
-        return LearningRateState(count=jnp.zeros([], jnp.int32))
+        # Only a schedule reads the counter; a constant rate keeps no state (as optax does).
+        return (
+            LearningRateState(count=jnp.zeros([], jnp.int32))
+            if callable(learning_rate)
+            else optax.EmptyState()
+        )
 
     def update(updates: Any, state: LearningRateState, params: Any = None, **extra: Any):
         del extra
@@ -46,9 +53,13 @@ def scale_by_learning_rate(learning_rate: float | Callable[[jax.Array], Any]) ->
             check_matching(updates, params)
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
 
-        def scale(u: jax.Array) -> jax.Array:
-            return (-jnp.asarray(lr, compute_dtype(u.dtype)) * u).astype(u.dtype)
+        negative_lr = per_dtype(lambda dtype: -jnp.asarray(lr, dtype))
 
+        def scale(u: jax.Array) -> jax.Array:
+            return (negative_lr(compute_dtype(u.dtype)) * u).astype(u.dtype)
+
+        if not callable(learning_rate):
+            return jax.tree.map(scale, updates), state
         return jax.tree.map(scale, updates), LearningRateState(count=increment(state.count))
 
     return Transform(

@@ -42,6 +42,7 @@ from optim_chain._tree import (
     full_like,
     leaf_dtype,
     map_pair,
+    per_dtype,
     zeros_like,
 )
 from optim_chain.transform import Transform
@@ -91,19 +92,31 @@ def _ema(
 ) -> tuple[jax.Array, jax.Array]:
     """``decay * average + (1 - decay) * value`` (``value**2`` with ``square``).
 
-    The arithmetic, ``decay`` included, runs in at least float32 even for bfloat16 moments (in
-    bfloat16 ``0.999`` rounds to ``1`` and the average would never move). Returns the new
-    average twice: in ``average``'s dtype, to store, and in the wider of ``average``'s and
-    ``value``'s dtypes, to pass on down the chain.
+    ``decay`` is a number or ``dtype -> (decay, 1 - decay)`` (from :func:`_ema_weights`, which
+    builds the two scalars once for all leaves). The arithmetic, ``decay`` included, runs in at
+    least float32 even for bfloat16 moments (in bfloat16 ``0.999`` rounds to ``1`` and the
+    average would never move). Returns the new average twice: in ``average``'s dtype, to
+    store, and in the wider of ``average``'s and ``value``'s dtypes, to pass on down the chain.
     """
     emitted = jnp.promote_types(average.dtype, value.dtype)
     dtype = compute_dtype(emitted)
     x = value.astype(dtype)
     if square:
         x = jnp.square(x)
-    d = jnp.asarray(decay, dtype)
-    new = d * average.astype(dtype) + (1 - d) * x
+    d, one_minus_d = decay(dtype) if callable(decay) else _weights(decay, dtype)
+    new = d * average.astype(dtype) + one_minus_d * x
     return new.astype(average.dtype), new.astype(emitted)
+
+
+def _weights(decay: Any, dtype: Any) -> tuple[jax.Array, jax.Array]:
+    """``(decay, 1 - decay)`` in ``dtype``."""
+    d = jnp.asarray(decay, dtype)
+    return d, 1 - d
+
+
+def _ema_weights(decay: Any) -> Any:
+    """``dtype -> (decay, 1 - decay)``, traced once per dtype for a whole tree (see ``per_dtype``)."""
+    return per_dtype(lambda dtype: _weights(decay, dtype))
 
 
 def _check_decay(name: str, decay: Any, params: Any, moment_dtype: Any) -> None:
@@ -162,8 +175,9 @@ def estimate_moments(b1: float = 0.9, b2: float = 0.999, moment_dtype: Any = Non
         del params, extra
         _expect_gradients("estimate_moments", updates)
         check_matching(updates, state.mu, _GRADIENTS, _STATE)
-        mu, first = map_pair(lambda m, g: _ema(b1, m, g), state.mu, updates)
-        nu, second = map_pair(lambda v, g: _ema(b2, v, g, square=True), state.nu, updates)
+        w1, w2 = _ema_weights(b1), _ema_weights(b2)
+        mu, first = map_pair(lambda m, g: _ema(w1, m, g), state.mu, updates)
+        nu, second = map_pair(lambda v, g: _ema(w2, v, g, square=True), state.nu, updates)
         return MomentEstimates(first, second), MomentsState(mu=mu, nu=nu)
 
     return Transform(
@@ -203,7 +217,8 @@ def estimate_second_moment(decay: float = 0.99, moment_dtype: Any = None) -> Tra
         del params, extra
         _expect_gradients("estimate_second_moment", updates)
         check_matching(updates, state.nu, _GRADIENTS, _STATE)
-        nu, second = map_pair(lambda v, g: _ema(decay, v, g, square=True), state.nu, updates)
+        weights = _ema_weights(decay)
+        nu, second = map_pair(lambda v, g: _ema(weights, v, g, square=True), state.nu, updates)
         return MomentEstimates(updates, second), SecondMomentState(nu=nu)
 
     return Transform(
@@ -292,7 +307,8 @@ def center_second_moment(decay: float = 0.99, moment_dtype: Any = None) -> Trans
         del params, extra
         moments = _expect_moments("center_second_moment", updates)
         check_matching(moments.first, state.mean, _GRADIENTS, _STATE)
-        mean, running = map_pair(lambda a, g: _ema(decay, a, g), state.mean, moments.first)
+        weights = _ema_weights(decay)
+        mean, running = map_pair(lambda a, g: _ema(weights, a, g), state.mean, moments.first)
         second = jax.tree.map(center, moments.second, running)
         return MomentEstimates(moments.first, second), CenteredState(mean=mean)
 

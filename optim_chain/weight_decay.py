@@ -19,9 +19,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from optim_chain import _validation
-from optim_chain._tree import check_float_params, check_matching, compute_dtype, increment
+from optim_chain._tree import check_float_params, check_matching, compute_dtype, increment, per_dtype
 from optim_chain.masks import Predicate, resolve_mask
 from optim_chain.moments import _expect_step
 from optim_chain.transform import Transform, stateless
@@ -77,12 +78,13 @@ def add_l2_regularization(weight_decay: float, mask: Any = None) -> Transform:
     _check_mask(mask)
 
     def update(updates: Any, params: Any) -> Any:
+        factor = per_dtype(lambda dtype: jnp.asarray(weight_decay, dtype))
         return _decay_selected(
             "add_l2_regularization",
             mask,
             updates,
             params,
-            lambda g, p: g + jnp.asarray(weight_decay, compute_dtype(g.dtype)) * p,
+            lambda g, p: g + factor(compute_dtype(g.dtype)) * p,
         )
 
     return stateless("add_l2_regularization", update, weight_decay=weight_decay, mask=mask)
@@ -119,6 +121,8 @@ def decoupled_weight_decay(
     Args:
       weight_decay: ``lambda >= 0``.
       multiplier: a non-negative constant or a schedule ``step -> eta_t`` (step counts from 0).
+        With a schedule the state is a :class:`DecoupledWeightDecayState` counting steps; with a
+        constant it is ``optax.EmptyState()``.
       mask: which leaves decay (see :mod:`optim_chain.masks`); ``None`` means all.
 
     Example::
@@ -137,20 +141,27 @@ def decoupled_weight_decay(
 
     def init(params: Any) -> DecoupledWeightDecayState:
         check_float_params(params, "decoupled_weight_decay")
-        return DecoupledWeightDecayState(count=jnp.zeros([], jnp.int32))
+        # Only a schedule reads the counter; a constant multiplier keeps no state.
+        return (
+            DecoupledWeightDecayState(count=jnp.zeros([], jnp.int32))
+            if callable(multiplier)
+            else optax.EmptyState()
+        )
 
     def update(updates: Any, state: DecoupledWeightDecayState, params: Any = None, **extra: Any):
         del extra
         eta = multiplier(state.count) if callable(multiplier) else multiplier
 
+        factor = per_dtype(lambda dtype: jnp.asarray(eta, dtype) * jnp.asarray(weight_decay, dtype))
+
         def decay(u: jax.Array, p: jax.Array) -> jax.Array:
             if inert:
                 return u
-            dtype = compute_dtype(u.dtype)
-            factor = jnp.asarray(eta, dtype) * jnp.asarray(weight_decay, dtype)
-            return u - factor * p
+            return u - factor(compute_dtype(u.dtype)) * p
 
         new_updates = _decay_selected("decoupled_weight_decay", mask, updates, params, decay)
+        if not callable(multiplier):
+            return new_updates, state
         return new_updates, DecoupledWeightDecayState(count=increment(state.count))
 
     return Transform(

@@ -69,7 +69,9 @@ def test_state_and_update_dtypes(preset, param_dtype, moment_dtype):
     assert len(trees) == n_trees
     assert _dtypes(trees) == {stored}
     others = [x for x in jax.tree.leaves(state) if x.ndim == 0]
-    assert others and {x.dtype for x in others} == {jnp.dtype(jnp.int32)}
+    # step counters are int32 (rmsprop and adagrad with a constant learning rate keep none)
+    assert {x.dtype for x in others} <= {jnp.dtype(jnp.int32)}
+    assert others or preset in ("rmsprop", "adagrad")
     assert _dtypes(updates) == {jnp.promote_types(param_dtype, stored)}
     assert _dtypes(final) == {param_dtype}
     chex.assert_tree_all_finite((final, state, updates))

@@ -1,0 +1,308 @@
+"""Attempts at an AdamW step below optax's 40 bytes per parameter on XLA:CPU.
+
+Each experiment times its candidates round-robin in one process, next to the in-place
+streaming bandwidth measured the same way, and prints one table. BENCHMARKS.md records what
+they measured.
+
+    python benchmarks/experiments.py mof      # XLA's CPU multi-output fusion (a compiler option)
+    python benchmarks/experiments.py layout   # m and v in one buffer, interleaved or stacked
+    python benchmarks/experiments.py sliced   # the step in cache-sized slices, written in place
+    python benchmarks/experiments.py schedule # leaf by leaf: XLA's memory-optimized scheduler
+
+Options: ``--size 10M`` (parameters, one float32 leaf), ``--repeats 15``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import optim_chain as oc
+from optim_chain import _hlo
+from optim_chain.bench import parse_size
+
+LR, WD, B1, B2, EPS = 1e-3, 1e-2, 0.9, 0.999, 1e-8
+MOF_FLAG = "--xla_backend_extra_options=xla_cpu_use_multi_output_fusion"
+
+
+def rotate(cases: dict[str, Callable[[], None]], repeats: int, warmup: int = 3) -> dict[str, float]:
+    """Median milliseconds of each case, run in turns (ABC, CBA, ...)."""
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    names = list(cases)
+    for round_ in range(warmup + repeats):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            cases[name]()
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
+def stream_case(size: int) -> Callable[[], None]:
+    """In-place ``a += b / 2``: 12 bytes per element."""
+    b = jnp.ones(size, jnp.float32)
+    box = [jnp.ones(size, jnp.float32)]
+    add = jax.jit(lambda a, b: a + b * 0.5, donate_argnums=0)
+
+    def run() -> None:
+        box[0] = add(box[0], b)
+        box[0].block_until_ready()
+
+    return run
+
+
+def step_case(step: Callable, *args: Any, donate: tuple[int, ...]) -> tuple[Callable[[], None], str]:
+    """A compiled step whose outputs feed its next call; returns it and its optimized HLO."""
+    compiled = jax.jit(step, donate_argnums=donate).lower(*args).compile()
+    box = [args]
+
+    def run() -> None:
+        outputs = compiled(*box[0])
+        jax.block_until_ready(outputs)
+        box[0] = (*outputs, *box[0][len(outputs) :])
+
+    return run, compiled.as_text()
+
+
+def report(size: int, found: dict[str, float], texts: dict[str, str]) -> None:
+    bandwidth = 12 * size / found.pop("stream a += b") / 1e6  # GB/s
+    floor = 28 * size / bandwidth / 1e6
+    print(
+        f"{size:,} float32 parameters, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, load {os.getloadavg()}"
+    )
+    print(f"streaming {bandwidth:.1f} GB/s, floor (28 B/param) {floor:.2f} ms")
+    base = found.get("optax.adamw")
+    print(f"{'case':34s} {'ms':>8s} {'x floor':>8s} {'x optax':>8s} {'loops':>6s} {'HLO B/param':>12s}")
+    for name, ms in found.items():
+        shape = _hlo.structure(texts[name], size) if name in texts else None
+        loops = "" if shape is None else str(shape.array_loops)
+        moved = "" if shape is None or shape.while_loops else f"{shape.bytes_per_element:.1f}"
+        ratio = f"{ms / base:8.2f}" if base else ""
+        print(f"{name:34s} {ms:8.2f} {ms / floor:8.2f} {ratio:>8s} {loops:>6s} {moved:>12s}")
+
+
+def plain_cases(size: int) -> tuple[dict[str, Callable[[], None]], dict[str, str]]:
+    cases, texts = {}, {}
+    g = jnp.full(size, 1e-3, jnp.float32)
+    for name, opt in [("optax.adamw", optax.adamw(LR, weight_decay=WD)), ("oc.adamw", oc.adamw(LR, WD))]:
+
+        def step(p, s, g, opt=opt):
+            updates, s = opt.update(g, s, p)
+            return optax.apply_updates(p, updates), s
+
+        p = jnp.ones(size, jnp.float32)
+        cases[name], texts[name] = step_case(step, p, opt.init(p), g, donate=(0, 1))
+    return cases, texts
+
+
+# ------------------------------------------------------------------- compiler option: MOF
+
+
+def mof(args: argparse.Namespace) -> None:
+    """Times optax and optim_chain with and without multi-output fusion (one process each)."""
+    if os.environ.get("EXPERIMENT_CHILD"):
+        cases, texts = plain_cases(args.size)
+        cases["stream a += b"] = stream_case(args.size)
+        report(args.size, rotate(cases, args.repeats), texts)
+        return
+    for flags in ("", MOF_FLAG):
+        env = dict(os.environ, EXPERIMENT_CHILD="1", XLA_FLAGS=flags)
+        command = [sys.executable, __file__, "mof", f"--size={args.size}", f"--repeats={args.repeats}"]
+        subprocess.run(command, env=env, check=True)
+        print()
+
+
+# ------------------------------------------------------------------- state layout
+
+
+def _adamw_separate(p, m, v, t, g):
+    t = t + 1
+    m = B1 * m + (1 - B1) * g
+    v = B2 * v + (1 - B2) * g * g
+    u = (m / (1 - B1 ** t.astype(jnp.float32))) / (jnp.sqrt(v / (1 - B2 ** t.astype(jnp.float32))) + EPS)
+    return p - LR * u - LR * WD * p, m, v, t
+
+
+def _adamw_interleaved(p, mv, t, g):  # mv[:, 0] = m, mv[:, 1] = v
+    t = t + 1
+    d = jnp.asarray([B1, B2], jnp.float32)
+    mv = mv * d + (1 - d) * jnp.stack([g, g * g], -1)
+    u = (mv[:, 0] / (1 - B1 ** t.astype(jnp.float32))) / (
+        jnp.sqrt(mv[:, 1] / (1 - B2 ** t.astype(jnp.float32))) + EPS
+    )
+    return p - LR * u - LR * WD * p, mv, t
+
+
+def _adamw_stacked(p, mv, t, g):  # mv[0] = m, mv[1] = v
+    t = t + 1
+    d = jnp.asarray([B1, B2], jnp.float32)[:, None]
+    mv = mv * d + (1 - d) * jnp.stack([g, g * g], 0)
+    u = (mv[0] / (1 - B1 ** t.astype(jnp.float32))) / (
+        jnp.sqrt(mv[1] / (1 - B2 ** t.astype(jnp.float32))) + EPS
+    )
+    return p - LR * u - LR * WD * p, mv, t
+
+
+def layout(args: argparse.Namespace) -> None:
+    """The same AdamW, written by hand with m and v apart, interleaved and stacked."""
+    n = args.size
+    p, g, t = jnp.ones(n, jnp.float32), jnp.full(n, 1e-3, jnp.float32), jnp.int32(0)
+    cases, texts = plain_cases(n)
+    zeros = jnp.zeros(n, jnp.float32)
+    cases["m, v apart (by hand)"], texts["m, v apart (by hand)"] = step_case(
+        _adamw_separate, p, zeros, zeros + 0, t, g, donate=(0, 1, 2)
+    )
+    cases["m, v interleaved [N, 2]"], texts["m, v interleaved [N, 2]"] = step_case(
+        _adamw_interleaved, p + 0, jnp.zeros((n, 2), jnp.float32), t, g, donate=(0, 1)
+    )
+    cases["m, v stacked [2, N]"], texts["m, v stacked [2, N]"] = step_case(
+        _adamw_stacked, p + 0, jnp.zeros((2, n), jnp.float32), t, g, donate=(0, 1)
+    )
+    cases["stream a += b"] = stream_case(n)
+    report(n, rotate(cases, args.repeats), texts)
+
+
+# ------------------------------------------------------------------- cache-sized slices
+
+
+def _zero_after(x: jax.Array) -> jax.Array:
+    """An int32 zero that XLA cannot know is zero without reading ``x[0]`` (two half-width shifts)."""
+    word = jax.lax.bitcast_convert_type(jnp.ravel(x)[0], jnp.uint32)
+    half = jnp.uint32(16)
+    return jax.lax.shift_right_logical(jax.lax.shift_right_logical(word, half), half).astype(jnp.int32)
+
+
+def sliced_step(opt: optax.GradientTransformation, size: int, rows: int) -> Callable:
+    """The step on ``rows`` elements at a time, written in place with dynamic_update_slice.
+
+    Valid for elementwise chains on one flat leaf (every optim_chain preset is elementwise).
+    The scalar state (step counters) is advanced once, from a one-element slice. Each slice's
+    writes are chained through a zero read back from the previous write, so XLA orders them
+    rather than copying whole buffers. ``size`` must be a multiple of ``rows``.
+    """
+
+    def step(p, s, g):
+        def body(i, carry):
+            p, s = carry
+            start = i * rows
+            cut = lambda x: jax.lax.dynamic_slice_in_dim(x, start, rows) if x.ndim else x  # noqa: E731
+            u, new = opt.update(cut(g), jax.tree.map(cut, s), cut(p))
+            offset = start
+            p = jax.lax.dynamic_update_slice_in_dim(p, cut(p) + u, offset, 0)
+            last = p  # the buffer written last; the next write waits for it
+            leaves, treedef = jax.tree.flatten(s)
+            written = []
+            for old, value in zip(leaves, jax.tree.leaves(new)):
+                if old.ndim:
+                    offset = start + _zero_after(jax.lax.dynamic_slice_in_dim(last, offset, 1))
+                    old = last = jax.lax.dynamic_update_slice_in_dim(old, value, offset, 0)
+                written.append(old)
+            return p, jax.tree.unflatten(treedef, written)
+
+        head = lambda x: x[:1] if x.ndim else x  # noqa: E731
+        _, counters = opt.update(g[:1], jax.tree.map(head, s), p[:1])
+        p, s = jax.lax.fori_loop(0, size // rows, body, (p, s))
+        s = jax.tree.map(lambda arr, scalar: arr if arr.ndim else scalar, s, counters)
+        return p, s
+
+    return step
+
+
+def sliced(args: argparse.Namespace) -> None:
+    """Plain steps against the sliced in-place step at three slice sizes."""
+    n = args.size
+    cases, texts = plain_cases(n)
+    g = jnp.full(n, 1e-3, jnp.float32)
+    for rows in (65536, 262144, 1048576):
+        if n % rows:
+            continue
+        opt = oc.adamw(LR, WD)
+        p = jnp.ones(n, jnp.float32)
+        name = f"oc.adamw in slices of {rows}"
+        cases[name], texts[name] = step_case(sliced_step(opt, n, rows), p, opt.init(p), g, donate=(0, 1))
+    cases["stream a += b"] = stream_case(n)
+    report(n, rotate(cases, args.repeats), texts)
+
+
+# ------------------------------------------------------------------- schedule
+
+
+MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+
+
+def leaf_major(text: str) -> float:
+    """Fraction of consecutive array loops in the entry computation that work on the same leaf.
+
+    With three loops per leaf (m, v, parameters), 2/3 means every leaf's loops run back to
+    back, so its freshly written m and v are still in cache when the parameter loop reads them.
+    """
+    entry = text[text.index("ENTRY") :]
+    leaves = []
+    for line in entry.splitlines():
+        if " fusion(" not in line or "= f32[] " in line or "= s32[] " in line:
+            continue
+        operands = line.split(" fusion(", 1)[1]
+        names = [
+            n[4:] for n in operands.replace(",", " ").replace(")", " ").split() if n[:4] in ("%g__", "%p__")
+        ]
+        leaves.append(names[0] if names else operands[:40])
+    same = sum(a == b for a, b in zip(leaves, leaves[1:]))
+    return same / max(len(leaves) - 1, 1)
+
+
+def schedule(args: argparse.Namespace) -> None:
+    """The transformer-like tree with XLA's default and memory-optimized CPU schedulers."""
+    from optim_chain.bench import make_params
+
+    params, grads = make_params(args.size, "tree", jax.devices("cpu")[0])
+    cases, texts, order = {}, {}, {}
+    for name, opt in [("optax.adamw", optax.adamw(LR, weight_decay=WD)), ("oc.adamw", oc.adamw(LR, WD))]:
+        for label, options in [("", {}), (" memory scheduler", MEMORY_SCHEDULER)]:
+
+            def step(p, s, g, opt=opt):
+                updates, s = opt.update(g, s, p)
+                return optax.apply_updates(p, updates), s
+
+            p = jax.tree.map(jnp.copy, params)
+            compiled = jax.jit(step, donate_argnums=(0, 1)).lower(p, opt.init(p), grads).compile(options)
+            box = [(p, opt.init(p))]
+
+            def run(compiled=compiled, box=box) -> None:
+                box[0] = compiled(box[0][0], box[0][1], grads)
+                jax.block_until_ready(box[0])
+
+            cases[name + label], texts[name + label] = run, compiled.as_text()
+            order[name + label] = leaf_major(texts[name + label])
+    cases["stream a += b"] = stream_case(args.size)
+    found = rotate(cases, args.repeats)
+    report(args.size, found, texts)
+    for name, fraction in order.items():
+        print(f"{name:34s} consecutive loops on the same leaf: {fraction:.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("experiment", choices=["mof", "layout", "sliced", "schedule"])
+    parser.add_argument("--size", type=parse_size, default=parse_size("10M"))
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args(argv)
+    if args.experiment == "sliced":
+        args.size -= args.size % 1048576 or 0
+    {"mof": mof, "layout": layout, "sliced": sliced, "schedule": schedule}[args.experiment](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

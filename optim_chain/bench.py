@@ -1,0 +1,680 @@
+"""Benchmark of the compiled optimizer step: ``optim-chain bench`` / ``python benchmarks/run.py``.
+
+In one process it measures, for each size and tree layout:
+
+* the machine's in-place streaming bandwidth (a donated, jitted ``a + b`` and, when torch is
+  installed, ``torch.Tensor.add_``), which sets the floor: AdamW in float32 must move
+  ``28`` bytes per parameter (read params, grads, m, v; write params, m, v);
+* the jitted step ``(params, grads, state) -> (params, state)`` (``opt.update`` then
+  ``optax.apply_updates``) of optim_chain's ``adamw``, ``adam_l2`` and ``adam`` against the
+  same optimizer from optax, with and without buffer donation;
+* ``torch.optim`` (for-loop, foreach and fused), where installed;
+
+and reports the median milliseconds per step, the effective bytes per parameter (median time
+times the measured bandwidth, divided by the parameter count), the ratios to the floor and to
+optax, the compile time and XLA's buffer total. Results go to ``bench.json`` and ``bench.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+BYTES_FLOOR = 28  # AdamW/Adam in float32: read p, g, m, v and write p, m, v
+HYPER = {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-2}
+OPTIMIZERS = ("adamw", "adam_l2", "adam")
+LAYOUTS = ("leaf", "tree")
+DEFAULT_SIZES = "1M,10M,50M"
+
+
+# ------------------------------------------------------------------------------ arguments
+
+
+def parse_size(text: str) -> int:
+    """``"50M"`` -> 50_000_000; also ``k``/``K``, ``G``, plain integers and ``1e6``."""
+    text = text.strip()
+    scale = {"k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6, "g": 1e9, "G": 1e9}.get(text[-1:], 1)
+    number = text[:-1] if scale != 1 else text
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 1M, 250k, 1e6)") from None
+    if value < 1 or value != int(value):
+        raise argparse.ArgumentTypeError(f"size must be a positive whole number, got {text!r}")
+    return int(value)
+
+
+def _choices(allowed: Sequence[str]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(allowed)}; got {text!r}")
+        return items
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="optim-chain bench",
+        description=(
+            "Time the compiled optimizer step of optim_chain's presets against optax and "
+            "torch.optim, next to the memory-bandwidth floor of 28 bytes per parameter."
+        ),
+    )
+    parser.add_argument(
+        "--sizes",
+        type=lambda s: [parse_size(x) for x in s.split(",") if x.strip()],
+        default=None,
+        help=f"comma-separated parameter counts (default {DEFAULT_SIZES}; --quick: 1M)",
+    )
+    parser.add_argument(
+        "--optimizers", type=_choices(OPTIMIZERS), default=None, help="subset of adamw,adam_l2,adam"
+    )
+    parser.add_argument(
+        "--layouts",
+        type=_choices(LAYOUTS),
+        default=list(LAYOUTS),
+        help="leaf (one array) and/or tree (transformer-like, 150+ leaves); default both",
+    )
+    parser.add_argument(
+        "--donate",
+        type=_choices(("yes", "no")),
+        default=None,
+        help="yes,no: with and/or without buffer donation (default both; --quick: yes)",
+    )
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per case (median; default 11)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (default 2)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="jax backend to run on: cpu (default), gpu, tpu, or any name jax.devices() accepts",
+    )
+    parser.add_argument("--no-torch", action="store_true", help="skip torch.optim even if installed")
+    parser.add_argument(
+        "--xla-flags",
+        default="",
+        help="extra XLA_FLAGS for this run (applied before jax starts its backend)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short smoke run: 1M parameters, adamw only, donated only, 5 repeats",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("bench-results"), help="folder for bench.json and bench.md"
+    )
+    return parser
+
+
+# ------------------------------------------------------------------------------ machine
+
+
+def machine_info(device: Any) -> dict[str, Any]:
+    import jax
+    import optax
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                memory = f"{int(line.split()[1]) / 2**20:.0f} GiB"
+    except OSError:
+        pass
+    info = {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory": memory,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "optax": optax.__version__,
+        "device": str(device),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "load_average_start": _load(),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    torch = _torch()
+    if torch is not None:
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    return info
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+# ------------------------------------------------------------------------------ trees
+
+
+def transformer_shapes(size: int, layers: int = 13, context: int = 256) -> dict[str, Any]:
+    """Shapes of a GPT-like parameter tree with about ``size`` parameters and 160 leaves.
+
+    Each of the ``layers`` blocks has LayerNorm scale/bias twice, a fused QKV projection,
+    an output projection and a 4x MLP (12 leaves); the token embedding absorbs the rest.
+    """
+    width = max(8, int(math.sqrt(0.8 * size / (12 * layers))) // 8 * 8)
+    block = {
+        "ln_1": {"scale": (width,), "bias": (width,)},
+        "attn": {
+            "qkv": {"kernel": (width, 3 * width), "bias": (3 * width,)},
+            "out": {"kernel": (width, width), "bias": (width,)},
+        },
+        "ln_2": {"scale": (width,), "bias": (width,)},
+        "mlp": {
+            "fc": {"kernel": (width, 4 * width), "bias": (4 * width,)},
+            "proj": {"kernel": (4 * width, width), "bias": (width,)},
+        },
+    }
+    per_block = 12 * width * width + 13 * width
+    rest = size - layers * per_block - context * width - 2 * width
+    vocab = max(1, rest // width)
+    tree: dict[str, Any] = {"wte": {"embedding": (vocab, width)}, "wpe": {"embedding": (context, width)}}
+    for index in range(layers):
+        tree[f"h_{index}"] = block
+    tree["ln_f"] = {"scale": (width,), "bias": (width,)}
+    return tree
+
+
+def make_params(size: int, layout: str, device: Any) -> tuple[Any, Any]:
+    """Float32 parameters and gradients of ``size`` elements, as one leaf or as a tree."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    if layout == "leaf":
+        shapes: Any = {"w": (size,)}
+    else:
+        shapes = transformer_shapes(size)
+    leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
+    rng = np.random.default_rng(0)
+
+    def array(shape: tuple[int, ...], scale: float) -> Any:
+        values = rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
+        return jax.device_put(jnp.asarray(values), device)
+
+    params = jax.tree.unflatten(treedef, [array(s, 0.02) for s in leaves])
+    grads = jax.tree.unflatten(treedef, [array(s, 1e-3) for s in leaves])
+    return params, grads
+
+
+def count(tree: Any) -> int:
+    import jax
+
+    return sum(int(x.size) for x in jax.tree.leaves(tree))
+
+
+# ------------------------------------------------------------------------------ timing
+
+
+class Runner:
+    """One thing to time: ``tick()`` runs one step and returns its duration in seconds."""
+
+    def __init__(self, label: dict[str, Any], tick: Callable[[], float], info: dict[str, Any] | None = None):
+        self.label = label
+        self.tick = tick
+        self.info = dict(info or {})
+        self.times: list[float] = []
+
+
+def rotate(runners: list[Runner], repeats: int, warmup: int) -> None:
+    """Times ``runners`` in turns (ABC, CBA, ABC, ...), so that load changes hit all alike."""
+    for runner in runners:
+        for _ in range(warmup):
+            runner.tick()
+    for round_ in range(repeats):
+        for runner in runners if round_ % 2 == 0 else runners[::-1]:
+            runner.times.append(runner.tick())
+
+
+def _timed(call: Callable[[], Any], sync: Callable[[Any], Any]) -> float:
+    start = time.perf_counter()
+    sync(call())
+    return time.perf_counter() - start
+
+
+def stream_runners(size: int, device: Any) -> list[Runner]:
+    """In-place ``a += b`` (12 bytes per element moved) through jax and, if installed, torch."""
+    import jax
+    import jax.numpy as jnp
+
+    b = jax.device_put(jnp.ones(size, jnp.float32), device)
+    box = [jax.device_put(jnp.ones(size, jnp.float32), device)]
+    add = jax.jit(lambda a, b: a + b * 0.5, donate_argnums=0)
+
+    def jax_tick() -> float:
+        def call() -> Any:
+            box[0] = add(box[0], b)
+            return box[0]
+
+        return _timed(call, jax.block_until_ready)
+
+    runners = [Runner({"impl": "stream jax"}, jax_tick)]
+    torch, target = _torch(), _torch_device(device)
+    if torch is not None and target is not None:
+        ta, tb = torch.ones(size, device=target), torch.ones(size, device=target)
+        sync = _torch_sync(torch, target)
+        runners.append(Runner({"impl": "stream torch"}, lambda: _timed(lambda: ta.add_(tb, alpha=0.5), sync)))
+    return runners
+
+
+def _torch_device(device: Any) -> str | None:
+    torch = _torch()
+    if torch is None:
+        return None
+    if device.platform == "cpu":
+        return "cpu"
+    if device.platform == "gpu" and torch.cuda.is_available():
+        return "cuda"
+    return None
+
+
+def _torch_sync(torch: Any, target: str) -> Callable[[Any], None]:
+    if target == "cuda":
+        return lambda _: torch.cuda.synchronize()
+    return lambda _: None
+
+
+# ------------------------------------------------------------------------------ optimizers
+
+
+def optim_chain_optimizer(name: str) -> Any:
+    import optim_chain as oc
+
+    h = HYPER
+    common = {"b1": h["b1"], "b2": h["b2"], "eps": h["eps"]}
+    if name == "adamw":
+        return oc.adamw(h["learning_rate"], weight_decay=h["weight_decay"], **common)
+    if name == "adam_l2":
+        return oc.adam_l2(h["learning_rate"], weight_decay=h["weight_decay"], **common)
+    return oc.adam(h["learning_rate"], **common)
+
+
+def optax_optimizer(name: str) -> Any:
+    """The same optimizer as optax users write it."""
+    import optax
+
+    h = HYPER
+    common = {"b1": h["b1"], "b2": h["b2"], "eps": h["eps"]}
+    if name == "adamw":
+        return optax.adamw(h["learning_rate"], weight_decay=h["weight_decay"], **common)
+    if name == "adam_l2":
+        return optax.chain(
+            optax.add_decayed_weights(h["weight_decay"]), optax.adam(h["learning_rate"], **common)
+        )
+    return optax.adam(h["learning_rate"], **common)
+
+
+def torch_optimizer(torch: Any, name: str, tensors: list, variant: str) -> Any:
+    h = HYPER
+    flags = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[variant]
+    kwargs = {"lr": h["learning_rate"], "betas": (h["b1"], h["b2"]), "eps": h["eps"], **flags}
+    if name == "adamw":
+        return torch.optim.AdamW(tensors, weight_decay=h["weight_decay"], **kwargs)
+    if name == "adam_l2":
+        return torch.optim.Adam(tensors, weight_decay=h["weight_decay"], **kwargs)
+    return torch.optim.Adam(tensors, weight_decay=0.0, **kwargs)
+
+
+def jax_runner(label: dict[str, Any], opt: Any, params: Any, grads: Any, donate: bool) -> Runner:
+    """Compiles the jitted step ``(params, grads, state) -> (params, state)`` for timing."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from optim_chain import _hlo
+
+    def step(params: Any, grads: Any, state: Any) -> tuple[Any, Any]:
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    params = jax.tree.map(jnp.copy, params)
+    state = jax.jit(opt.init)(params)
+    jax.block_until_ready((params, state))  # so that the compile time below is compile time only
+    jitted = jax.jit(step, donate_argnums=(0, 2) if donate else ())
+    start = time.perf_counter()
+    compiled = jitted.lower(params, grads, state).compile()
+    compile_s = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    peak = None
+    if memory is not None:
+        peak = (
+            memory.argument_size_in_bytes
+            + memory.output_size_in_bytes
+            - memory.alias_size_in_bytes
+            + memory.temp_size_in_bytes
+        )
+    shape = _hlo.structure(compiled.as_text(), count(params))
+    box = [(params, state)]
+
+    def tick() -> float:
+        def call() -> Any:
+            box[0] = compiled(box[0][0], grads, box[0][1])
+            return box[0]
+
+        return _timed(call, jax.block_until_ready)
+
+    info = {
+        "compile_s": compile_s,
+        "peak_bytes": peak,
+        "fusions": shape.fusions,
+        "array_loops": shape.array_loops,
+        "while_loops": shape.while_loops,
+        "hlo_bytes_per_param": None if shape.while_loops else shape.bytes_per_element,
+    }
+    return Runner(label, tick, info)
+
+
+def torch_runner(label: dict[str, Any], variant: str, params: Any, torch_grads: list, device: Any) -> Runner:
+    import jax
+    import numpy as np
+
+    torch = _torch()
+    target = _torch_device(device)
+    tensors = [torch.from_numpy(np.array(x)).to(target) for x in jax.tree.leaves(params)]
+    for tensor, grad in zip(tensors, torch_grads):
+        tensor.grad = grad
+    opt = torch_optimizer(torch, label["optimizer"], tensors, variant)
+    sync = _torch_sync(torch, target)
+    opt.step()  # creates the state
+    state_bytes = sum(
+        v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v)
+    )
+    tensor_bytes = sum(2 * t.numel() * t.element_size() for t in tensors) + state_bytes
+    return Runner(label, lambda: _timed(opt.step, sync), {"tensor_bytes": tensor_bytes})
+
+
+# ------------------------------------------------------------------------------ running
+
+
+def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    import jax
+    import numpy as np
+
+    quick = args.quick
+    sizes = args.sizes or ([parse_size("1M")] if quick else [parse_size(s) for s in DEFAULT_SIZES.split(",")])
+    optimizers = args.optimizers or (["adamw"] if quick else list(OPTIMIZERS))
+    donations = [d == "yes" for d in (args.donate or (["yes"] if quick else ["yes", "no"]))]
+    repeats = args.repeats or (5 if quick else 11)
+    warmup = args.warmup
+    device = jax.devices(args.device)[0]
+    use_torch = not args.no_torch and _torch_device(device) is not None
+    torch = _torch() if use_torch else None
+
+    report: dict[str, Any] = {"machine": machine_info(device), "hyperparameters": HYPER, "results": []}
+    report["settings"] = {
+        "sizes": sizes,
+        "optimizers": optimizers,
+        "layouts": args.layouts,
+        "donate": donations,
+        "repeats": repeats,
+        "warmup": warmup,
+        "torch": use_torch,
+        "timing": "round-robin: every case of a group runs once per round, alternating order",
+    }
+    for size in sizes:
+        streams = stream_runners(size, device)
+        for layout in args.layouts:
+            params, grads = make_params(size, layout, device)
+            n, leaves = count(params), len(jax.tree.leaves(params))
+            torch_grads = None
+            if use_torch:
+                torch_grads = [
+                    torch.from_numpy(np.array(g)).to(_torch_device(device)) for g in jax.tree.leaves(grads)
+                ]
+            for name in optimizers:
+                base = {"size": size, "params": n, "layout": layout, "leaves": leaves, "optimizer": name}
+                rounds = []
+                for donate in donations:
+                    label = {**base, "donated": donate}
+                    group = [
+                        jax_runner({**label, "impl": "optax"}, optax_optimizer(name), params, grads, donate),
+                        jax_runner(
+                            {**label, "impl": "optim_chain"},
+                            optim_chain_optimizer(name),
+                            params,
+                            grads,
+                            donate,
+                        ),
+                    ]
+                    if use_torch and donate:
+                        group.append(
+                            torch_runner(
+                                {**label, "impl": "torch fused"}, "fused", params, torch_grads, device
+                            )
+                        )
+                    rounds.append(group)
+                if use_torch:
+                    label = {**base, "donated": True}
+                    rounds.append(
+                        [
+                            torch_runner({**label, "impl": f"torch {v}"}, v, params, torch_grads, device)
+                            for v in ("for-loop", "foreach")
+                        ]
+                    )
+                for group in rounds:
+                    for s in streams:
+                        s.times = []
+                    rotate(streams + group, repeats, warmup)
+                    bandwidth = {
+                        s.label["impl"].split()[1]: 12 * size / statistics.median(s.times) / 1e9
+                        for s in streams
+                    }
+                    for runner in group:
+                        result = {**runner.label, **runner.info}
+                        result["ms"] = statistics.median(runner.times) * 1e3
+                        result["ms_all"] = [round(t * 1e3, 4) for t in runner.times]
+                        result["bandwidth_gb_s"] = bandwidth
+                        report["results"].append(result)
+                        log(_line(result))
+                    group.clear()
+                    gc.collect()
+            del params, grads, torch_grads
+            gc.collect()
+        del streams
+        gc.collect()
+    report["machine"]["load_average_end"] = _load()
+    _derive(report)
+    return report
+
+
+def _derive(report: dict[str, Any]) -> None:
+    """Adds the floor, effective bytes per parameter and the ratios to every result."""
+    by_key = {}
+    for r in report["results"]:
+        by_key[(r["size"], r["layout"], r["optimizer"], r["impl"], r["donated"])] = r
+    for r in report["results"]:
+        bandwidth = max(r["bandwidth_gb_s"].values()) * 1e9
+        floor_ms = BYTES_FLOOR * r["params"] / bandwidth * 1e3
+        r["floor_ms"] = floor_ms
+        r["bytes_per_param"] = r["ms"] / 1e3 * bandwidth / r["params"]
+        r["x_floor"] = r["ms"] / floor_ms
+        optax_ = by_key.get((r["size"], r["layout"], r["optimizer"], "optax", r["donated"]))
+        r["x_optax"] = r["ms"] / optax_["ms"] if optax_ else None
+        if optax_ and "compile_s" in r:
+            r["x_optax_compile"] = r["compile_s"] / optax_["compile_s"]
+        leaf = by_key.get((r["size"], "leaf", r["optimizer"], r["impl"], r["donated"]))
+        r["x_one_leaf"] = r["ms"] / leaf["ms"] if leaf and r["layout"] == "tree" else None
+    sizes: dict[int, list[dict[str, float]]] = {}
+    for r in report["results"]:
+        sizes.setdefault(r["size"], []).append(r["bandwidth_gb_s"])
+    report["bandwidth_gb_s"] = {
+        str(size): {k: statistics.median(b[k] for b in found if k in b) for k in found[0]}
+        for size, found in sizes.items()
+    }
+
+
+def _fmt_size(size: int) -> str:
+    for unit, scale in (("G", 10**9), ("M", 10**6), ("k", 10**3)):
+        if size >= scale and size % (scale // 10) == 0:
+            return f"{size / scale:g}{unit}"
+    return str(size)
+
+
+def _line(r: dict[str, Any]) -> str:
+    donated = "donated" if r["donated"] else "copied"
+    extra = f" compile {r['compile_s']:.2f} s" if "compile_s" in r else ""
+    bandwidth = max(r["bandwidth_gb_s"].values())
+    return (
+        f"  {_fmt_size(r['size']):>4} {r['layout']:<4} {r['optimizer']:<7} {r['impl']:<21} {donated:<7} "
+        f"{r['ms']:9.2f} ms{extra} (stream {bandwidth:.1f} GB/s, load {_load()})"
+    )
+
+
+# ------------------------------------------------------------------------------ reporting
+
+
+def _ratio(x: float | None) -> str:
+    return "" if x is None else f"{x:.2f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [
+        "| machine | |",
+        "| --- | --- |",
+        f"| CPU | {m['cpu']} ({m['cores']} cores), {m.get('memory') or '?'} |",
+        f"| device | {m['device']} |",
+        f"| versions | jax {m['jax']}, optax {m['optax']}"
+        + (f", torch {m['torch']} ({m['torch_threads']} threads)" if "torch" in m else "")
+        + f", Python {m['python']} |",
+        f"| load average (1, 5, 15 min) | start {m['load_average_start']}, end {m.get('load_average_end')} |",
+        f"| XLA_FLAGS | `{m['xla_flags'] or '(none)'}` |",
+        f"| date | {m['date']} |",
+        "",
+        "In-place streaming bandwidth (`a += b`, 12 bytes per element) and the resulting floor "
+        f"for {BYTES_FLOOR} bytes per parameter (the better of the two bandwidths):",
+        "",
+        "| parameters | jax GB/s | torch GB/s | floor ms |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for size, bw in report["bandwidth_gb_s"].items():
+        floor = BYTES_FLOOR * int(size) / (max(bw.values()) * 1e9) * 1e3
+        torch_bw = f"{bw['torch']:.1f}" if "torch" in bw else ""
+        lines.append(f"| {_fmt_size(int(size))} | {bw['jax']:.1f} | {torch_bw} | {floor:.2f} |")
+    lines += [
+        "",
+        "Median ms per step; B/param = median time x bandwidth / parameters (measured, not "
+        "counted); x floor and x optax are ratios of step times (optax: same optimizer, layout "
+        "and donation); tree / leaf = this tree's time over one leaf of the same size; compile = "
+        "lower + compile in seconds; peak = XLA's buffers (arguments + outputs - aliased + "
+        "temporaries), for torch the tensors (params, grads, state). torch updates in place.",
+        "",
+        "| size | layout | optimizer | implementation | donated | ms/step | B/param | x floor | x optax "
+        "| tree / leaf | compile s | x optax compile | peak MB |",
+        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in report["results"]:
+        peak = r.get("peak_bytes") or r.get("tensor_bytes")
+        jitted = "compile_s" in r
+        cells = [
+            _fmt_size(r["size"]),
+            f"{r['layout']} ({r['leaves']})",
+            r["optimizer"],
+            r["impl"],
+            ("yes" if r["donated"] else "no") if jitted else "in place",
+            f"{r['ms']:.2f}",
+            f"{r['bytes_per_param']:.1f}",
+            f"{r['x_floor']:.2f}",
+            _ratio(r["x_optax"]),
+            _ratio(r.get("x_one_leaf")),
+            f"{r['compile_s']:.2f}" if jitted else "",
+            _ratio(r.get("x_optax_compile")),
+            "" if peak is None else f"{peak / 2**20:.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *summary(report)]
+    return "\n".join(lines) + "\n"
+
+
+def summary(report: dict[str, Any]) -> list[str]:
+    """Key ratios at the largest size, for donated steps."""
+    results = [r for r in report["results"] if r["donated"]]
+    if not results:
+        return []
+    size = max(r["size"] for r in results)
+    pick = {(r["layout"], r["optimizer"], r["impl"]): r for r in results if r["size"] == size}
+    lines = [
+        f"Key ratios at {_fmt_size(size)} parameters, donated buffers (ratios of median step times):",
+        "",
+        "| layout | optimizer | optim_chain / optax | optim_chain / floor | optax / floor "
+        "| optim_chain / torch fused | tree / one leaf | compile optim_chain / optax |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for (layout, name, impl), r in sorted(pick.items()):
+        if impl != "optim_chain":
+            continue
+        optax_ = pick.get((layout, name, "optax"))
+        fused = pick.get((layout, name, "torch fused"))
+        lines.append(
+            f"| {layout} | {name} | {_ratio(r['x_optax'])} | {_ratio(r['x_floor'])} | "
+            f"{_ratio(optax_ and optax_['x_floor'])} | {_ratio(fused and r['ms'] / fused['ms'])} | "
+            f"{_ratio(r.get('x_one_leaf'))} | {_ratio(r.get('x_optax_compile'))} |"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``optim-chain bench``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.xla_flags:
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
+    import jax
+
+    try:
+        jax.devices(args.device)
+    except RuntimeError as error:
+        parser.error(f"--device {args.device!r} is not available here: {error}")
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    report = run(args, log)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(report, indent=1))
+    table = markdown(report)
+    (args.out / "bench.md").write_text(table)
+    print(table)
+    log(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
