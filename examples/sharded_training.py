@@ -1,4 +1,4 @@
-"""Data-parallel plus FSDP training of the small transformer on a mesh of every local device.
+"""Data-parallel plus FSDP training of the small transformer on a mesh of all devices.
 
 The parameters and the AdamW state (two moments per parameter) are split over the ``fsdp`` axis
 of a ``("data", "fsdp")`` mesh and the batch over both axes. The script prints how many bytes of
@@ -12,8 +12,8 @@ On a CPU-only machine, ask XLA for virtual devices before jax starts::
 
 Checkpoints are written with orbax and restore onto any mesh::
 
-    ... sharded_training.py --steps 100 --save /tmp/ckpt                # on 8 devices
-    ... sharded_training.py --steps 200 --devices 4 --restore /tmp/ckpt # continue on 4
+    ... sharded_training.py --stop-after 150 --save /tmp/ckpt       # steps 1-150 on 8 devices
+    ... sharded_training.py --devices 4 --restore /tmp/ckpt         # steps 151-300 on 4
 
 Multi-host: start the same command on every host with ``--coordinator HOST:PORT
 --num-processes N --process-id I`` (this calls ``jax.distributed.initialize``).
@@ -87,8 +87,9 @@ def make_model(vocab_size: int, seq_len: int, d_model: int, layers: int) -> mode
 
 def make_optimizer(learning_rate: float, weight_decay: float, steps: int) -> oc.Transform:
     """AdamW with warm-up and cosine decay; biases and LayerNorm parameters do not decay."""
+    warmup = max(1, steps // 10)
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, learning_rate, warmup_steps=max(1, steps // 10), decay_steps=steps, end_value=learning_rate / 10
+        0.0, learning_rate, warmup, decay_steps=max(steps, warmup + 1), end_value=learning_rate / 10
     )
     return oc.adamw(schedule, weight_decay, mask=oc.default_decay_mask)
 
@@ -102,9 +103,12 @@ def global_batch(tokens: np.ndarray, labels: np.ndarray, step: int, batch_size: 
 def to_global_array(batch: np.ndarray, batch_sh: NamedSharding) -> jax.Array:
     """Builds the global batch from this process's rows (every row, with a single process)."""
     shape = batch.shape
-    slices = batch_sh.addressable_devices_indices_map(shape).values()
-    start = min(s[0].start or 0 for s in slices)
-    stop = max(shape[0] if s[0].stop is None else s[0].stop for s in slices)
+    rows = {
+        index[0].indices(shape[0])[:2] for index in batch_sh.addressable_devices_indices_map(shape).values()
+    }
+    start, stop = min(a for a, _ in rows), max(b for _, b in rows)
+    if sum(b - a for a, b in rows) != stop - start:
+        raise ValueError(f"this process's devices hold rows {sorted(rows)}, not one contiguous block")
     return jax.make_array_from_process_local_data(batch_sh, batch[start:stop], shape)
 
 
@@ -136,11 +140,13 @@ def make_train_step(
 
 
 def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
         n /= 1024
-    raise AssertionError("unreachable")
+        if n < 1024 or unit == "GiB":
+            break
+    return f"{n:.1f} {unit}"
 
 
 def memory_report(params: Any, opt_state: Any) -> str:
@@ -225,7 +231,8 @@ def main(
     say(memory_report(params, opt_state))
 
     losses = []
-    for step in range(start, min(args.stop_after, args.steps)):
+    end, printed = min(args.stop_after, args.steps), 0
+    for step in range(start, end):
         tokens, labels = global_batch(ds.x_train, ds.y_train, step, args.batch_size, args.seed)
         params, opt_state, loss = train_step(
             params, opt_state, to_global_array(tokens, batch_sh), to_global_array(labels, batch_sh)
@@ -233,14 +240,16 @@ def main(
         losses.append(float(loss))
         if on_step is not None:
             on_step(step + 1, params, opt_state)
-        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
-            say(f"step {step + 1:5d}  loss {losses[-1]:.4f}")
+        if (step + 1) % args.log_every == 0 or step + 1 == end:
+            window = losses[printed:]
+            printed = len(losses)
+            first, last = step + 2 - len(window), step + 1
+            say(f"step {last:5d}  loss {sum(window) / len(window):.4f}  (mean over steps {first}-{last})")
 
     if args.save is not None:
         import orbax.checkpoint as ocp
 
         checkpointer = ocp.StandardCheckpointer()
-        end = min(args.stop_after, args.steps)
         step_array = jax.device_put(jnp.int32(end), sharding.replicated(mesh))
         checkpointer.save(
             os.path.abspath(args.save), {"params": params, "opt_state": opt_state, "step": step_array}

@@ -383,7 +383,7 @@ SCRIPT = textwrap.dedent(
             out = f.read()
         assert "mesh {'data': 2, 'fsdp': 4} over 8 cpu devices" in out, out
         assert len(memory_rows(out)) == 4, out  # a process sees only its own devices
-        printed = [float(line.split()[-1]) for line in out.splitlines() if line.startswith("step ")]
+        printed = [float(line.split()[3]) for line in out.splitlines() if line.startswith("step ")]
         assert len(printed) == INTERRUPT, out
         gap = np.abs(np.array(printed) - np.array(first["losses"])).max()
         assert gap <= 5.1e-5, (printed, first["losses"])  # the example prints 4 decimals
