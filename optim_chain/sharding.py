@@ -49,6 +49,7 @@ from optim_chain._tree import path_to_str
 __all__ = [
     "DATA_AXIS",
     "FSDP_AXIS",
+    "DEFAULT_MIN_SIZE",
     "data_fsdp_mesh",
     "batch_sharding",
     "fsdp_partition_spec",

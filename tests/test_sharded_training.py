@@ -6,6 +6,8 @@
   where its parameter is split.
 * An orbax checkpoint written on 8 devices restores onto a 4-device mesh, and training goes on
   to the same result as the run that was never interrupted.
+* The example run as 2 processes of 4 devices, joined by ``jax.distributed.initialize`` over
+  localhost, trains like one process of 8 devices and writes a checkpoint that one process reads.
 
 The device count is fixed when jax starts, so the 8-device part runs in one subprocess (jax
 start-up and compilation are the slow part) without float64, as real training runs. The helpers'
