@@ -95,6 +95,10 @@ MODELS = ("mlp", "transformer")
 RATE_ARGUMENTS = ("learning_rate", "multiplier")
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+#: The most values one ``{min, max, num}`` grid axis may have.
+MAX_GRID_POINTS = 1000
+#: What building a transform or schedule raises on a bad argument (a huge integer: OverflowError).
+_BUILD_ERRORS = (TypeError, ValueError, ArithmeticError)
 
 
 class ConfigError(ValueError):
@@ -112,9 +116,13 @@ class Where:
         return Where(self.file, f"{self.key}.{key}" if self.key else str(key))
 
     def error(self, message: str) -> ConfigError:
-        return ConfigError(
-            f"{self.file}: key '{self.key}' {message}" if self.key else f"{self.file}: {message}"
-        )
+        file, key = _printable(self.file), _printable(self.key)
+        return ConfigError(f"{file}: key '{key}' {message}" if key else f"{file}: {message}")
+
+
+def _printable(text: str) -> str:
+    """``text`` with characters that would break the line (newlines, controls) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _choices(values: Sequence[str]) -> str:
@@ -143,7 +151,10 @@ def _number(value: Any, where: Where) -> float:
         value = float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise where.error(f"must be a number, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise where.error(f"is too large a number, got {value!r}") from None
 
 
 def _integer(value: Any, where: Where, minimum: int = 0) -> int:
@@ -215,11 +226,22 @@ def _predicate(spec: Any, where: Where) -> masks.Predicate:
 
 
 def _schedule(spec: Mapping[str, Any], where: Where) -> optax.Schedule:
-    spec = dict(spec)
+    spec = _mapping(spec, where)
     name = spec.pop("schedule", None)
-    if name not in SCHEDULES:
+    if not isinstance(name, str) or name not in SCHEDULES:
         raise where.child("schedule").error(f"is {name!r}; valid choices: {_choices(sorted(SCHEDULES))}")
-    return SCHEDULES[name](**_arguments(SCHEDULES[name], spec, where))
+    arguments = _arguments(SCHEDULES[name], spec, where)
+    parameters = inspect.signature(SCHEDULES[name]).parameters
+    for key, value in arguments.items():
+        default = parameters[key].default
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise where.child(key).error(f"must be true or false, got {value!r}")
+        elif not (value is None and default is None) and (
+            isinstance(value, bool) or not isinstance(value, (int, float))
+        ):
+            raise where.child(key).error(f"must be a number, got {value!r}")
+    return _call(SCHEDULES[name], arguments, where)
 
 
 def _argument(name: str, value: Any, where: Where) -> Any:
@@ -233,6 +255,8 @@ def _argument(name: str, value: Any, where: Where) -> Any:
         return jnp.dtype(value)
     if name in RATE_ARGUMENTS and isinstance(value, Mapping):
         return _schedule(value, where)
+    if isinstance(value, int) and not isinstance(value, bool):
+        _number(value, where)  # an integer beyond the float range is reported here, by its key
     return _numbers_in_text(value)
 
 
@@ -250,11 +274,11 @@ def _arguments(function: Callable[..., Any], given: Mapping[str, Any], where: Wh
     return {name: _argument(name, value, where.child(name)) for name, value in given.items()}
 
 
-def _call(function: Callable[..., Transform], arguments: Mapping[str, Any], where: Where) -> Transform:
+def _call(function: Callable[..., Any], arguments: Mapping[str, Any], where: Where) -> Any:
     try:
         return function(**arguments)
-    except (TypeError, ValueError) as error:
-        raise where.error(f"is invalid: {error}") from None
+    except _BUILD_ERRORS as error:
+        raise where.error(f"is invalid: {' '.join(str(error).split())}") from None
 
 
 def build_optimizer(spec: Any, where: Where, overrides: Mapping[str, Any] | None = None) -> Transform:
@@ -278,7 +302,7 @@ def build_optimizer(spec: Any, where: Where, overrides: Mapping[str, Any] | None
             raise where.error(f"is a chain; only a preset can take {', '.join(overrides)} from outside")
         return _build_chain(spec["chain"], where.child("chain"))
     name = spec.pop("preset")
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise where.child("preset").error(f"is {name!r}; valid choices: {_choices(sorted(PRESETS))}")
     preset = PRESETS[name]
     valid = ["preset", *inspect.signature(preset).parameters]
@@ -317,13 +341,19 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """Reads a YAML mapping with ``yaml.safe_load``; a missing or malformed file is a ConfigError."""
     where = Where(str(path))
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise where.error(f"cannot be read: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise where.error(f"is not UTF-8 text: byte {error.start} cannot be decoded") from None
+    except ValueError as error:  # a path with a NUL character
+        raise where.error(f"cannot be read: {error}") from None
     try:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise where.error(f"is not valid YAML: {' '.join(str(error).split())}") from None
+    except RecursionError:
+        raise where.error("is not valid YAML: it is nested too deeply") from None
     return _mapping(loaded, where)
 
 
@@ -557,7 +587,10 @@ def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str]
         here = where.child("optimizers").child(label)
         if isinstance(spec, str):
             file = base / spec
-            loaded = read_yaml(file)
+            try:
+                loaded = read_yaml(file)
+            except ConfigError as error:
+                raise here.error(f"names the optimizer file {spec!r}, and {error}") from None
             _check_keys(loaded, ["optimizer"], Where(str(file)))
             spec, here = loaded.get("optimizer"), Where(str(file), "optimizer")
         spec = _mapping(spec, here)
@@ -648,6 +681,8 @@ def _axis(raw: Any, where: Where) -> tuple[float, ...]:
                 raise where.error(f"needs min, max and num (or a list of values); {key} is missing")
         low, high = _number(raw["min"], where.child("min")), _number(raw["max"], where.child("max"))
         num = _integer(raw["num"], where.child("num"), 1)
+        if num > MAX_GRID_POINTS:
+            raise where.child("num").error(f"must be at most {MAX_GRID_POINTS}, got {num}")
         if not 0 < low <= high:
             raise where.error(f"needs 0 < min <= max, got min={low}, max={high}")
         values = list(np.geomspace(low, high, num)) if num > 1 else [low]
