@@ -87,6 +87,13 @@ def _at_step(value: Any, step: int) -> float:
     return float(value(step)) if callable(value) else float(value)
 
 
+def _last_step(state: Any) -> int:
+    """The index of the last step a counter state has taken; 0 for a stateless (constant) part."""
+    if "count" not in getattr(state, "_fields", ()):
+        return 0
+    return max(int(state.count) - 1, 0)
+
+
 def effective_decay(transform: Transform, opt_state: Any, params: Any) -> EffectiveDecay | None:
     """The per-step decay that ``transform`` applied at its last step, read from its state.
 
@@ -110,12 +117,10 @@ def effective_decay(transform: Transform, opt_state: Any, params: Any) -> Effect
     weight_decay = float(part.hyperparams["weight_decay"])
     flags = resolve_mask(part.hyperparams.get("mask"), params)
     if part.name == "decoupled_weight_decay":
-        step = int(opt_state[position].count) - 1
-        eta = _at_step(part.hyperparams["multiplier"], max(step, 0))
+        eta = _at_step(part.hyperparams["multiplier"], _last_step(opt_state[position]))
         return EffectiveDecay("decoupled", np.array([eta * weight_decay]))
     lr_index = names.index("scale_by_learning_rate")
-    step = int(opt_state[lr_index].count) - 1
-    lr = _at_step(parts[lr_index].hyperparams["learning_rate"], max(step, 0))
+    lr = _at_step(parts[lr_index].hyperparams["learning_rate"], _last_step(opt_state[lr_index]))
     moment_index = next((i for i, n in enumerate(names) if n in SECOND_MOMENT_TRANSFORMS), None)
     if moment_index is None or moment_index < position or "normalize_by_second_moment" not in names:
         return EffectiveDecay("uniform", np.array([lr * weight_decay]))
