@@ -151,6 +151,7 @@ def machine_info(device: Any) -> dict[str, Any]:
         "optax": optax.__version__,
         "device": str(device),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "load_average_start": _load(),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
@@ -348,25 +349,36 @@ def torch_optimizer(torch: Any, name: str, tensors: list, variant: str) -> Any:
     return torch.optim.Adam(tensors, weight_decay=0.0, **kwargs)
 
 
-def jax_runner(label: dict[str, Any], opt: Any, params: Any, grads: Any, donate: bool) -> Runner:
-    """Compiles the jitted step ``(params, grads, state) -> (params, state)`` for timing."""
+def jax_runner(
+    label: dict[str, Any], opt: Any, params: Any, grads: Any, donate: bool, compiles: int = 3
+) -> Runner:
+    """Compiles the jitted step ``(params, grads, state) -> (params, state)`` for timing.
+
+    The compile time (tracing, lowering and XLA) is the median of ``compiles`` compilations.
+    """
     import jax
     import jax.numpy as jnp
     import optax
 
     from optim_chain import _hlo
 
-    def step(params: Any, grads: Any, state: Any) -> tuple[Any, Any]:
-        updates, state = opt.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
+    def make_step() -> Callable:
+        # a new function each time, so that nothing traced or compiled before is reused
+        def step(params: Any, grads: Any, state: Any) -> tuple[Any, Any]:
+            updates, state = opt.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        return jax.jit(step, donate_argnums=(0, 2) if donate else ())
 
     params = jax.tree.map(jnp.copy, params)
     state = jax.jit(opt.init)(params)
     jax.block_until_ready((params, state))  # so that the compile time below is compile time only
-    jitted = jax.jit(step, donate_argnums=(0, 2) if donate else ())
-    start = time.perf_counter()
-    compiled = jitted.lower(params, grads, state).compile()
-    compile_s = time.perf_counter() - start
+    compile_times = []
+    for _ in range(compiles):
+        start = time.perf_counter()
+        compiled = make_step().lower(params, grads, state).compile()
+        compile_times.append(time.perf_counter() - start)
+    compile_s = statistics.median(compile_times)
     memory = compiled.memory_analysis()
     peak = None
     if memory is not None:
@@ -442,10 +454,13 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         "repeats": repeats,
         "warmup": warmup,
         "torch": use_torch,
-        "timing": "round-robin: every case of a group runs once per round, alternating order",
+        "timing": "round-robin: every case of a group runs once per round, alternating order; "
+        "jax cases and torch cases in separate groups, each with its framework's in-place a += b",
     }
     for size in sizes:
         streams = stream_runners(size, device)
+        jax_streams = [r for r in streams if r.label["impl"] == "stream jax"]
+        torch_streams = [r for r in streams if r.label["impl"] == "stream torch"]
         for layout in args.layouts:
             params, grads = make_params(size, layout, device)
             n, leaves = count(params), len(jax.tree.leaves(params))
@@ -456,41 +471,42 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                 ]
             for name in optimizers:
                 base = {"size": size, "params": n, "layout": layout, "leaves": leaves, "optimizer": name}
-                rounds = []
+                # jax and torch are timed in separate groups: their thread pools, run in turns,
+                # slow each other down (each keeps its threads spinning after a step)
+                groups = []
                 for donate in donations:
                     label = {**base, "donated": donate}
-                    group = [
-                        jax_runner({**label, "impl": "optax"}, optax_optimizer(name), params, grads, donate),
-                        jax_runner(
-                            {**label, "impl": "optim_chain"},
-                            optim_chain_optimizer(name),
-                            params,
-                            grads,
-                            donate,
-                        ),
-                    ]
-                    if use_torch and donate:
-                        group.append(
-                            torch_runner(
-                                {**label, "impl": "torch fused"}, "fused", params, torch_grads, device
-                            )
+                    groups.append(
+                        (
+                            jax_streams,
+                            [
+                                jax_runner(
+                                    {**label, "impl": "optax"}, optax_optimizer(name), params, grads, donate
+                                ),
+                                jax_runner(
+                                    {**label, "impl": "optim_chain"},
+                                    optim_chain_optimizer(name),
+                                    params,
+                                    grads,
+                                    donate,
+                                ),
+                            ],
                         )
-                    rounds.append(group)
+                    )
                 if use_torch:
                     label = {**base, "donated": True}
-                    rounds.append(
-                        [
-                            torch_runner({**label, "impl": f"torch {v}"}, v, params, torch_grads, device)
-                            for v in ("for-loop", "foreach")
-                        ]
-                    )
-                for group in rounds:
-                    for s in streams:
-                        s.times = []
+                    torch_cases = [
+                        torch_runner({**label, "impl": f"torch {v}"}, v, params, torch_grads, device)
+                        for v in ("fused", "foreach", "for-loop")
+                    ]
+                    groups.append((torch_streams, torch_cases))
+                for streams, group in groups:
+                    for stream in streams:
+                        stream.times = []
                     rotate(streams + group, repeats, warmup)
                     bandwidth = {
-                        s.label["impl"].split()[1]: 12 * size / statistics.median(s.times) / 1e9
-                        for s in streams
+                        stream.label["impl"].split()[1]: 12 * size / statistics.median(stream.times) / 1e9
+                        for stream in streams
                     }
                     for runner in group:
                         result = {**runner.label, **runner.info}
@@ -503,7 +519,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                     gc.collect()
             del params, grads, torch_grads
             gc.collect()
-        del streams
+        del streams, jax_streams, torch_streams
         gc.collect()
     report["machine"]["load_average_end"] = _load()
     _derive(report)
@@ -511,12 +527,23 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
 
 
 def _derive(report: dict[str, Any]) -> None:
-    """Adds the floor, effective bytes per parameter and the ratios to every result."""
+    """Adds the floor, effective bytes per parameter and the ratios to every result.
+
+    The bandwidth of a size is the better of the median jax and the median torch in-place
+    streaming rates measured alongside its cases; the floor is 28 bytes per parameter at it.
+    """
+    per_size: dict[int, dict[str, list[float]]] = {}
+    for r in report["results"]:
+        for framework, rate in r["bandwidth_gb_s"].items():
+            per_size.setdefault(r["size"], {}).setdefault(framework, []).append(rate)
+    report["bandwidth_gb_s"] = {
+        str(size): {k: statistics.median(v) for k, v in rates.items()} for size, rates in per_size.items()
+    }
     by_key = {}
     for r in report["results"]:
         by_key[(r["size"], r["layout"], r["optimizer"], r["impl"], r["donated"])] = r
     for r in report["results"]:
-        bandwidth = max(r["bandwidth_gb_s"].values()) * 1e9
+        bandwidth = max(report["bandwidth_gb_s"][str(r["size"])].values()) * 1e9
         floor_ms = BYTES_FLOOR * r["params"] / bandwidth * 1e3
         r["floor_ms"] = floor_ms
         r["bytes_per_param"] = r["ms"] / 1e3 * bandwidth / r["params"]
@@ -527,13 +554,6 @@ def _derive(report: dict[str, Any]) -> None:
             r["x_optax_compile"] = r["compile_s"] / optax_["compile_s"]
         leaf = by_key.get((r["size"], "leaf", r["optimizer"], r["impl"], r["donated"]))
         r["x_one_leaf"] = r["ms"] / leaf["ms"] if leaf and r["layout"] == "tree" else None
-    sizes: dict[int, list[dict[str, float]]] = {}
-    for r in report["results"]:
-        sizes.setdefault(r["size"], []).append(r["bandwidth_gb_s"])
-    report["bandwidth_gb_s"] = {
-        str(size): {k: statistics.median(b[k] for b in found if k in b) for k in found[0]}
-        for size, found in sizes.items()
-    }
 
 
 def _fmt_size(size: int) -> str:
@@ -572,6 +592,7 @@ def markdown(report: dict[str, Any]) -> str:
         + f", Python {m['python']} |",
         f"| load average (1, 5, 15 min) | start {m['load_average_start']}, end {m.get('load_average_end')} |",
         f"| XLA_FLAGS | `{m['xla_flags'] or '(none)'}` |",
+        f"| OMP_WAIT_POLICY (torch) | `{m.get('omp_wait_policy') or '(default)'}` |",
         f"| date | {m['date']} |",
         "",
         "In-place streaming bandwidth (`a += b`, 12 bytes per element) and the resulting floor "
@@ -589,8 +610,9 @@ def markdown(report: dict[str, Any]) -> str:
         "Median ms per step; B/param = median time x bandwidth / parameters (measured, not "
         "counted); x floor and x optax are ratios of step times (optax: same optimizer, layout "
         "and donation); tree / leaf = this tree's time over one leaf of the same size; compile = "
-        "lower + compile in seconds; peak = XLA's buffers (arguments + outputs - aliased + "
-        "temporaries), for torch the tensors (params, grads, state). torch updates in place.",
+        "trace + lower + compile in seconds (median of 3); peak = XLA's buffers (arguments + "
+        "outputs - aliased + temporaries), for torch the tensors (params, grads, state). torch "
+        "updates in place.",
         "",
         "| size | layout | optimizer | implementation | donated | ms/step | B/param | x floor | x optax "
         "| tree / leaf | compile s | x optax compile | peak MB |",
@@ -656,6 +678,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
+    # torch's OpenMP threads otherwise spin after each step and slow down whatever runs next
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import jax
 
     try:
