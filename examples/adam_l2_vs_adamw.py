@@ -1,6 +1,6 @@
 """Adam+L2 and AdamW built from the same primitives, trained on the same problem.
 
-Run:  python examples/adam_l2_vs_adamw.py
+Run:  python examples/adam_l2_vs_adamw.py [--steps 300]
 
 The two chains differ only in where the weight-decay transform sits. The script trains a small
 MLP classifier on scikit-learn's bundled digits data (8x8 images, shipped with the package)
@@ -10,6 +10,8 @@ single value lr * lambda.
 """
 
 from __future__ import annotations
+
+import argparse
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +49,9 @@ def loss_fn(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(forward(params, x), y).mean()
 
 
-def train(opt: optax.GradientTransformation, data: tuple, seed: int = 0) -> tuple[dict, object]:
+def train(
+    opt: optax.GradientTransformation, data: tuple, seed: int = 0, steps: int = STEPS
+) -> tuple[dict, object]:
     x_train, y_train = data
     params = init_mlp(jax.random.key(seed), (64, 128, 10))
     state = opt.init(params)
@@ -59,12 +63,15 @@ def train(opt: optax.GradientTransformation, data: tuple, seed: int = 0) -> tupl
         return optax.apply_updates(params, updates), state
 
     rng = np.random.default_rng(seed)
-    for _ in range(STEPS):
+    for _ in range(steps):
         params, state = step(params, state, rng.integers(0, len(y_train), BATCH))
     return params, state
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Adam+L2 vs AdamW on the digits")
+    parser.add_argument("--steps", type=int, default=STEPS)
+    steps = parser.parse_args(argv).steps
     digits = load_digits()
     x = jnp.asarray(digits.data / 16.0, jnp.float32)
     y = jnp.asarray(digits.target)
@@ -79,11 +86,11 @@ def main() -> None:
         print(f"{name} =\n{opt}\n")
 
     for name, opt in optimizers.items():
-        params, state = train(opt, train_data)
+        params, state = train(opt, train_data, steps=steps)
         accuracy = float((forward(params, x_test).argmax(-1) == y_test).mean())
         kernel_norm = float(jnp.sqrt(sum(jnp.sum(p["kernel"] ** 2) for p in params.values())))
         nu = optax.tree_utils.tree_get(state, "nu")["Dense_0"]["kernel"]  # raw second moment v
-        vhat = nu / (1 - 0.999**STEPS)
+        vhat = nu / (1 - 0.999**steps)
         effective = LEARNING_RATE * WEIGHT_DECAY / (jnp.sqrt(vhat) + 1e-8)
         print(
             f"{name:8s} test accuracy {accuracy:.3f}  test loss {float(loss_fn(params, x_test, y_test)):.4f}"

@@ -1,0 +1,172 @@
+"""The ``optim-chain`` command.
+
+Subcommands (each takes ``--config FILE`` and repeated ``--set key.path=value``)::
+
+    optim-chain compare      # Adam vs Adam+L2 vs AdamW on a small Flax model, several seeds
+    optim-chain sweep        # learning-rate x weight-decay heatmaps, each grid one vmapped program
+    optim-chain masks        # which parameters of the experiment's model each optimizer decays
+    optim-chain show --config configs/presets/adamw.yaml   # print an optimizer's chain
+    optim-chain bench ...    # optimizer-step benchmarks (optim_chain.bench)
+
+A mistake in a config file is reported on one line (file, key, valid choices) with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from optim_chain import config
+
+
+def _experiment_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
+    parser.add_argument(
+        "--config", help=f"a {kind} YAML file (default: the built-in {kind}, as configs/{kind}.yaml)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set training.steps=500 (repeatable)",
+    )
+    parser.add_argument("--name", help="the run's name: results go to <out>/<name>/")
+    parser.add_argument(
+        "--out", default="runs", help="the parent directory of run directories (default: runs)"
+    )
+    parser.add_argument("--steps", type=int, help="training steps per run")
+    parser.add_argument("--seeds", type=int, help="seeds per optimizer (compare) or per grid cell (sweep)")
+    parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="optim-chain",
+        description="Adam+L2 vs AdamW, and learning rate x weight decay, on a small Flax model.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    compare = commands.add_parser(
+        "compare", help="train Adam, Adam+L2 and AdamW over several seeds and compare"
+    )
+    _experiment_arguments(compare, "compare")
+    sweep = commands.add_parser("sweep", help="learning-rate x weight-decay heatmaps (the paper's Figure 2)")
+    _experiment_arguments(sweep, "sweep")
+    sweep.add_argument("--baseline-runs", type=int, help="runs per optimizer timed one at a time (0: none)")
+    masks = commands.add_parser("masks", help="show which parameters each optimizer of an experiment decays")
+    masks.add_argument("--config", help="a compare or sweep YAML file (default: the built-in compare)")
+    masks.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    show = commands.add_parser(
+        "show", help="print the chain of an optimizer file or of an experiment's optimizers"
+    )
+    show.add_argument("--config", required=True, help="a YAML file with 'optimizer:' or an experiment")
+    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    commands.add_parser(
+        "bench", help="optimizer-step benchmarks; arguments go to optim_chain.bench", add_help=False
+    )
+    return parser
+
+
+def _shortcuts(args: argparse.Namespace) -> list[str]:
+    overrides = list(args.overrides)
+    if getattr(args, "name", None):
+        overrides.append(f"name={args.name}")
+    if getattr(args, "steps", None) is not None:
+        overrides.append(f"training.steps={args.steps}")
+    if getattr(args, "seeds", None) is not None:
+        overrides.append(f"training.seeds={args.seeds}")
+    if getattr(args, "baseline_runs", None) is not None:
+        overrides.append(f"baseline.runs={args.baseline_runs}")
+    return overrides
+
+
+def _kind_of(path: str) -> str:
+    raw = config.read_yaml(path)
+    if "optimizer" in raw:
+        return "optimizer"
+    optimizers = raw.get("optimizers") or {}
+    has_grid = isinstance(optimizers, dict) and any(
+        isinstance(o, dict) and "grid" in o for o in optimizers.values()
+    )
+    return "sweep" if has_grid or "pairs" in raw or "baseline" in raw else "compare"
+
+
+def _show(args: argparse.Namespace) -> int:
+    kind = _kind_of(args.config)
+    if kind == "optimizer":
+        raw = config.apply_overrides(config.read_yaml(args.config), args.overrides, config.Where(args.config))
+        print(config.build_optimizer(raw.get("optimizer"), config.Where(args.config, "optimizer")))
+        return 0
+    experiment = config.load_experiment(args.config, kind, args.overrides)
+    for label, spec in experiment.optimizers.items():
+        if kind == "sweep":
+            grid = experiment.grids[label]
+            transform = spec.build(
+                {"learning_rate": grid.learning_rate[0], "weight_decay": grid.weight_decay[0]}
+            )
+        else:
+            transform = spec.build()
+        print(f"{label} =\n{transform}\n")
+    return 0
+
+
+def _masks(args: argparse.Namespace) -> int:
+    import jax
+
+    from optim_chain import diagnostics, masks
+
+    kind = _kind_of(args.config) if args.config else "compare"
+    experiment = config.load_experiment(args.config, kind, args.overrides)
+    dataset = experiment.load_data()
+    model = experiment.build_model(dataset)
+    params = jax.eval_shape(model.init, jax.random.key(0), dataset.x_train[:1])["params"]
+    for label, spec in experiment.optimizers.items():
+        if kind == "sweep":
+            grid = experiment.grids[label]
+            transform = spec.build(
+                {"learning_rate": grid.learning_rate[0], "weight_decay": grid.weight_decay[-1]}
+            )
+        else:
+            transform = spec.build()
+        decays = jax.tree.unflatten(jax.tree.structure(params), diagnostics.decayed_flags(transform, params))
+        print(f"{label}:\n{masks.describe_mask(params, decays, warn=False)}\n")
+    return 0
+
+
+def _bench(argv: list[str]) -> int:
+    try:
+        bench = importlib.import_module("optim_chain.bench")
+    except ModuleNotFoundError as error:
+        if error.name != "optim_chain.bench":
+            raise
+        print("optim-chain bench: the benchmark module optim_chain.bench is not installed", file=sys.stderr)
+        return 2
+    return int(bench.main(argv) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        return _bench(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "show":
+            return _show(args)
+        if args.command == "masks":
+            return _masks(args)
+        from optim_chain import experiments
+
+        experiment = config.load_experiment(args.config, args.command, _shortcuts(args))
+        run = experiments.compare if args.command == "compare" else experiments.sweep
+        run(experiment, out_dir=args.out, progress=not args.no_progress)
+        return 0
+    except config.ConfigError as error:
+        print(f"optim-chain {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

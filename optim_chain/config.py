@@ -1,0 +1,718 @@
+"""YAML configuration: optimizers (a preset or a chain of primitives), masks and experiments.
+
+Files are read with ``yaml.safe_load``. Every mistake raises :class:`ConfigError` (a
+``ValueError``) on one line that names the file, the dotted key and, where there is a fixed set,
+the valid choices::
+
+    configs/x.yaml: key 'optimizer.nme' is unknown; valid keys: chain, preset, ...
+
+An optimizer is a mapping, either a preset with its keyword arguments::
+
+    optimizer:
+      preset: adamw
+      learning_rate: 1.0e-3
+      weight_decay: 0.01
+      mask: default
+
+or a chain written primitive by primitive (each item ``name: {arguments}``, or just ``name``)::
+
+    optimizer:
+      chain:
+        - add_l2_regularization: {weight_decay: 0.01, mask: default}
+        - estimate_moments: {b1: 0.9, b2: 0.999}
+        - correct_bias: {b1: 0.9, b2: 0.999}
+        - normalize_by_second_moment: {eps: 1.0e-8}
+        - scale_by_learning_rate: {learning_rate: 1.0e-3}
+
+``mask`` is ``default`` (:data:`optim_chain.masks.DEFAULT_DECAY`), ``all``, or a predicate
+written as a mapping with one key: ``name_is``, ``path_matches``, ``ndim_at_least``,
+``ndim_at_most``, ``not``, ``all_of`` or ``any_of``. A learning rate may be an optax schedule:
+``{schedule: cosine_decay, init_value: 1.0e-3, decay_steps: 2000}``. Numbers written like
+``1e-3`` (which YAML reads as text) are accepted as numbers.
+
+Experiment files (``compare`` and ``sweep``) are described in :func:`load_experiment`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import yaml
+
+import optim_chain as oc
+from optim_chain import data as data_lib
+from optim_chain import masks, models
+from optim_chain.transform import Transform
+
+PRESETS: dict[str, Callable[..., Transform]] = {
+    "sgd": oc.sgd,
+    "sgd_l2": oc.sgd_l2,
+    "sgdw": oc.sgdw,
+    "adagrad": oc.adagrad,
+    "rmsprop": oc.rmsprop,
+    "adam": oc.adam,
+    "adam_l2": oc.adam_l2,
+    "adamw": oc.adamw,
+}
+
+PRIMITIVES: dict[str, Callable[..., Transform]] = {
+    "add_l2_regularization": oc.add_l2_regularization,
+    "estimate_moments": oc.estimate_moments,
+    "estimate_second_moment": oc.estimate_second_moment,
+    "accumulate_second_moment": oc.accumulate_second_moment,
+    "center_second_moment": oc.center_second_moment,
+    "max_second_moment": oc.max_second_moment,
+    "correct_bias": oc.correct_bias,
+    "normalize_by_second_moment": oc.normalize_by_second_moment,
+    "add_momentum": oc.add_momentum,
+    "scale_by_learning_rate": oc.scale_by_learning_rate,
+    "decoupled_weight_decay": oc.decoupled_weight_decay,
+}
+
+SCHEDULES: dict[str, Callable[..., optax.Schedule]] = {
+    "constant": optax.constant_schedule,
+    "cosine_decay": optax.cosine_decay_schedule,
+    "warmup_cosine_decay": optax.warmup_cosine_decay_schedule,
+    "linear": optax.linear_schedule,
+    "exponential_decay": optax.exponential_decay,
+}
+
+MASK_NAMES = ("default", "all")
+MASK_OPERATORS = ("name_is", "path_matches", "ndim_at_least", "ndim_at_most", "not", "all_of", "any_of")
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+MODELS = ("mlp", "transformer")
+#: Arguments that take a schedule as well as a number.
+RATE_ARGUMENTS = ("learning_rate", "multiplier")
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+#: The most values one ``{min, max, num}`` grid axis may have.
+MAX_GRID_POINTS = 1000
+#: What building a transform or schedule raises on a bad argument (a huge integer: OverflowError).
+_BUILD_ERRORS = (TypeError, ValueError, ArithmeticError)
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, reported on one line with the file and the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Where:
+    """A position in a config file: the file and a dotted key, for error messages."""
+
+    file: str
+    key: str = ""
+
+    def child(self, key: Any) -> Where:
+        return Where(self.file, f"{self.key}.{key}" if self.key else str(key))
+
+    def error(self, message: str) -> ConfigError:
+        file, key = _printable(self.file), _printable(self.key)
+        return ConfigError(f"{file}: key '{key}' {message}" if key else f"{file}: {message}")
+
+
+def _printable(text: str) -> str:
+    """``text`` with characters that would break the line (newlines, controls) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _choices(values: Sequence[str]) -> str:
+    return ", ".join(values)
+
+
+def _mapping(value: Any, where: Where) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise where.error(f"must be a mapping, got {value!r}")
+    for key in value:
+        if not isinstance(key, str):
+            raise where.error(f"has a non-text key {key!r}")
+    return dict(value)
+
+
+def _check_keys(value: Mapping[str, Any], valid: Sequence[str], where: Where) -> None:
+    for key in value:
+        if key not in valid:
+            raise where.child(key).error(f"is unknown; valid keys: {_choices(sorted(valid))}")
+
+
+def _number(value: Any, where: Where) -> float:
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise where.error(f"must be a number, got {value!r}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise where.error(f"is too large a number, got {value!r}") from None
+
+
+def _integer(value: Any, where: Where, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise where.error(f"must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _numbers_in_text(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` as text; turn such text back into a number."""
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        return float(value)
+    return value
+
+
+# ------------------------------------------------------------------------------------ masks
+
+
+def parse_mask(spec: Any, where: Where) -> Any:
+    """A mask from its YAML form: ``default``, ``all`` or a predicate mapping (see module doc)."""
+    if spec is None or spec == "all":
+        return None
+    if spec == "default":
+        return masks.DEFAULT_DECAY
+    if isinstance(spec, str):
+        raise where.error(
+            f"is {spec!r}; valid choices: {_choices(MASK_NAMES)}, or a mapping with one of "
+            f"{_choices(MASK_OPERATORS)}"
+        )
+    spec = _mapping(spec, where)
+    if len(spec) != 1:
+        raise where.error(f"must have exactly one of {_choices(MASK_OPERATORS)}, got {sorted(spec)}")
+    ((operator, argument),) = spec.items()
+    _check_keys(spec, MASK_OPERATORS, where)
+    inner = where.child(operator)
+    if operator == "name_is":
+        names = [argument] if isinstance(argument, str) else argument
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise inner.error(f"must be a name or a list of names, got {argument!r}")
+        return masks.name_is(*names)
+    if operator == "path_matches":
+        if not isinstance(argument, str):
+            raise inner.error(f"must be a regular expression, got {argument!r}")
+        try:
+            return masks.path_matches(argument)
+        except ValueError as error:
+            raise inner.error(str(error)) from None
+    if operator in ("ndim_at_least", "ndim_at_most"):
+        return getattr(masks, operator)(_integer(argument, inner))
+    if operator == "not":
+        return ~_predicate(argument, inner)
+    if not isinstance(argument, list) or not argument:
+        raise inner.error(f"must be a non-empty list of masks, got {argument!r}")
+    parts = [_predicate(item, inner.child(i)) for i, item in enumerate(argument)]
+    combined = parts[0]
+    for part in parts[1:]:
+        combined = (combined & part) if operator == "all_of" else (combined | part)
+    return combined
+
+
+def _predicate(spec: Any, where: Where) -> masks.Predicate:
+    mask = parse_mask(spec, where)
+    if mask is None:
+        return masks.everything()
+    return mask
+
+
+# ------------------------------------------------------------------------------- optimizers
+
+
+def _schedule(spec: Mapping[str, Any], where: Where) -> optax.Schedule:
+    spec = _mapping(spec, where)
+    name = spec.pop("schedule", None)
+    if not isinstance(name, str) or name not in SCHEDULES:
+        raise where.child("schedule").error(f"is {name!r}; valid choices: {_choices(sorted(SCHEDULES))}")
+    arguments = _arguments(SCHEDULES[name], spec, where)
+    parameters = inspect.signature(SCHEDULES[name]).parameters
+    for key, value in arguments.items():
+        default = parameters[key].default
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise where.child(key).error(f"must be true or false, got {value!r}")
+        elif not (value is None and default is None) and (
+            isinstance(value, bool) or not isinstance(value, (int, float))
+        ):
+            raise where.child(key).error(f"must be a number, got {value!r}")
+    return _call(SCHEDULES[name], arguments, where)
+
+
+def _argument(name: str, value: Any, where: Where) -> Any:
+    if name == "mask":
+        return parse_mask(value, where)
+    if name == "moment_dtype":
+        if value is None:
+            return None
+        if value not in DTYPES:
+            raise where.error(f"is {value!r}; valid choices: {_choices(DTYPES)}")
+        return jnp.dtype(value)
+    if name in RATE_ARGUMENTS and isinstance(value, Mapping):
+        return _schedule(value, where)
+    if isinstance(value, int) and not isinstance(value, bool):
+        _number(value, where)  # an integer beyond the float range is reported here, by its key
+    return _numbers_in_text(value)
+
+
+def _arguments(function: Callable[..., Any], given: Mapping[str, Any], where: Where) -> dict[str, Any]:
+    """Checks ``given`` against ``function``'s keyword arguments and converts the values."""
+    parameters = inspect.signature(function).parameters
+    _check_keys(given, list(parameters), where)
+    missing = [
+        name
+        for name, p in parameters.items()
+        if p.default is inspect.Parameter.empty and p.kind != p.VAR_POSITIONAL and name not in given
+    ]
+    if missing:
+        raise where.error(f"is missing the required argument(s) {', '.join(missing)}")
+    return {name: _argument(name, value, where.child(name)) for name, value in given.items()}
+
+
+def _call(function: Callable[..., Any], arguments: Mapping[str, Any], where: Where) -> Any:
+    try:
+        return function(**arguments)
+    except _BUILD_ERRORS as error:
+        raise where.error(f"is invalid: {' '.join(str(error).split())}") from None
+
+
+def build_optimizer(spec: Any, where: Where, overrides: Mapping[str, Any] | None = None) -> Transform:
+    """Builds the transform that an optimizer mapping describes.
+
+    Args:
+      spec: ``{preset: name, **arguments}`` or ``{chain: [...]}`` (see the module docstring).
+      where: the file and key of ``spec``, for error messages.
+      overrides: preset arguments set from outside the file (the sweep's learning rate and
+        weight decay, possibly tracers).
+
+    Raises:
+      ConfigError: on any mistake, naming the file, the key and the valid choices.
+    """
+    spec = _mapping(spec, where)
+    if ("preset" in spec) == ("chain" in spec):
+        raise where.error("must have exactly one of 'preset' or 'chain'")
+    if "chain" in spec:
+        _check_keys(spec, ["chain"], where)
+        if overrides:
+            raise where.error(f"is a chain; only a preset can take {', '.join(overrides)} from outside")
+        return _build_chain(spec["chain"], where.child("chain"))
+    name = spec.pop("preset")
+    if not isinstance(name, str) or name not in PRESETS:
+        raise where.child("preset").error(f"is {name!r}; valid choices: {_choices(sorted(PRESETS))}")
+    preset = PRESETS[name]
+    valid = ["preset", *inspect.signature(preset).parameters]
+    _check_keys(spec, valid, where)
+    for key in overrides or {}:
+        if key in spec:
+            raise where.child(key).error("is set by the experiment and must be left out here")
+        if key not in valid:
+            raise where.child("preset").error(f"is {name!r}, which has no argument {key!r}")
+    arguments = _arguments(preset, {**dict.fromkeys(overrides or {}, 0.0), **spec}, where)
+    arguments.update(overrides or {})
+    return _call(preset, arguments, where)
+
+
+def _build_chain(items: Any, where: Where) -> Transform:
+    if not isinstance(items, list) or not items:
+        raise where.error("must be a non-empty list of primitives")
+    parts = []
+    for index, item in enumerate(items):
+        here = where.child(index)
+        if isinstance(item, str):
+            name, given = item, {}
+        elif isinstance(item, Mapping) and len(item) == 1:
+            ((name, given),) = item.items()
+            given = _mapping(given, here.child(name))
+        else:
+            raise here.error(f"must be a primitive name or a mapping {{name: {{arguments}}}}, got {item!r}")
+        if name not in PRIMITIVES:
+            raise here.error(f"names {name!r}; valid primitives: {_choices(sorted(PRIMITIVES))}")
+        arguments = _arguments(PRIMITIVES[name], given, here.child(name))
+        parts.append(_call(PRIMITIVES[name], arguments, here.child(name)))
+    return oc.chain(*parts, name="chain")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Reads a YAML mapping with ``yaml.safe_load``; a missing or malformed file is a ConfigError."""
+    where = Where(str(path))
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise where.error(f"cannot be read: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise where.error(f"is not UTF-8 text: byte {error.start} cannot be decoded") from None
+    except ValueError as error:  # a path with a NUL character
+        raise where.error(f"cannot be read: {error}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise where.error(f"is not valid YAML: {' '.join(str(error).split())}") from None
+    except RecursionError:
+        raise where.error("is not valid YAML: it is nested too deeply") from None
+    return _mapping(loaded, where)
+
+
+def load_optimizer(path: str | Path) -> Transform:
+    """Builds the optimizer of a file whose top level is ``optimizer: {...}``."""
+    raw = read_yaml(path)
+    where = Where(str(path))
+    _check_keys(raw, ["optimizer"], where)
+    if "optimizer" not in raw:
+        raise where.error("has no 'optimizer' mapping")
+    return build_optimizer(raw["optimizer"], where.child("optimizer"))
+
+
+# ------------------------------------------------------------------------------ experiments
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    """An optimizer of an experiment: its validated mapping and where it came from."""
+
+    spec: dict[str, Any]
+    where: Where
+
+    def build(self, overrides: Mapping[str, Any] | None = None) -> Transform:
+        return build_optimizer(copy.deepcopy(self.spec), self.where, overrides)
+
+    @property
+    def label(self) -> str:
+        return self.where.key.rsplit(".", 1)[-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """How each run trains: steps, batch size, evaluation interval and seeds."""
+
+    steps: int = 2000
+    batch_size: int = 32
+    eval_every: int = 100
+    seeds: int = 5
+    first_seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """The learning rates and weight decays of one optimizer's sweep."""
+
+    learning_rate: tuple[float, ...]
+    weight_decay: tuple[float, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A validated ``compare`` or ``sweep`` configuration.
+
+    Attributes:
+      kind: ``"compare"`` or ``"sweep"``.
+      name: the run's name; results go to ``runs/<name>/``.
+      data: the data set's name and keyword arguments (see :mod:`optim_chain.data`).
+      model: the model's name and keyword arguments.
+      training: see :class:`Training`.
+      optimizers: label -> :class:`OptimizerSpec`, in file order.
+      grids: (sweep) label -> :class:`Grid`.
+      pairs: (sweep) the heatmaps drawn side by side, as pairs of labels.
+      baseline_runs: (sweep) runs per optimizer timed one at a time, for the speed-up.
+      source: the file the experiment was read from (``"<built-in>"`` for the defaults).
+    """
+
+    kind: str
+    name: str
+    data: dict[str, Any]
+    model: dict[str, Any]
+    training: Training
+    optimizers: dict[str, OptimizerSpec]
+    grids: dict[str, Grid] = dataclasses.field(default_factory=dict)
+    pairs: tuple[tuple[str, str], ...] = ()
+    baseline_runs: int = 0
+    source: str = "<built-in>"
+
+    def load_data(self) -> data_lib.Dataset:
+        arguments = {k: v for k, v in self.data.items() if k != "name"}
+        return data_lib.load(self.data["name"], **arguments)
+
+    def build_model(self, dataset: data_lib.Dataset) -> Any:
+        arguments = {k: v for k, v in self.model.items() if k != "name"}
+        if self.model["name"] == "mlp":
+            return models.MLP(num_classes=dataset.num_classes, **arguments)
+        return models.Transformer(
+            vocab_size=dataset.num_classes, max_len=dataset.x_train.shape[1], **arguments
+        )
+
+
+_MLP_ARGUMENTS = {"hidden": [128], "layer_norm": True}
+_TRANSFORMER_ARGUMENTS = {"d_model": 64, "num_heads": 4, "num_layers": 2}
+
+#: The default ``compare`` experiment (``configs/compare.yaml`` spells out the same).
+DEFAULT_COMPARE: dict[str, Any] = {
+    "name": "compare",
+    "data": {"name": "digits", "test_fraction": 0.5},
+    "model": {"name": "mlp", "hidden": [128], "layer_norm": True},
+    "training": {"steps": 2000, "batch_size": 32, "eval_every": 100, "seeds": 10},
+    "optimizers": {
+        "adam": {"preset": "adam", "learning_rate": 1.0e-3},
+        "adam_l2": {"preset": "adam_l2", "learning_rate": 1.0e-3, "weight_decay": 1.0e-2, "mask": "default"},
+        "adamw": {"preset": "adamw", "learning_rate": 1.0e-3, "weight_decay": 1.0e-2, "mask": "default"},
+    },
+}
+
+#: The default ``sweep`` experiment (``configs/sweep.yaml`` spells out the same).
+DEFAULT_SWEEP: dict[str, Any] = {
+    "name": "sweep",
+    "data": {"name": "digits", "test_fraction": 0.5},
+    "model": {"name": "mlp", "hidden": [128], "layer_norm": True},
+    "training": {"steps": 2000, "batch_size": 32, "eval_every": 500, "seeds": 2},
+    "optimizers": {
+        "adam_l2": {
+            "preset": "adam_l2",
+            "mask": "default",
+            "grid": {
+                "learning_rate": {"min": 1.0e-4, "max": 1.0e-1, "num": 8},
+                "weight_decay": {"min": 1.0e-6, "max": 1.0e-1, "num": 8},
+            },
+        },
+        "adamw": {
+            "preset": "adamw",
+            "mask": "default",
+            "decay_scaling": "schedule",
+            "grid": {
+                "learning_rate": {"min": 1.0e-4, "max": 1.0e-1, "num": 8},
+                "weight_decay": {"min": 1.0e-6, "max": 1.0e-2, "num": 8},
+            },
+        },
+        "sgd_l2": {
+            "preset": "sgd_l2",
+            "momentum": 0.9,
+            "mask": "default",
+            "grid": {
+                "learning_rate": {"min": 1.0e-3, "max": 1.0, "num": 8},
+                "weight_decay": {"min": 1.0e-5, "max": 1.0, "num": 8},
+            },
+        },
+        "sgdw": {
+            "preset": "sgdw",
+            "momentum": 0.9,
+            "mask": "default",
+            "decay_scaling": "schedule",
+            "grid": {
+                "learning_rate": {"min": 1.0e-3, "max": 1.0, "num": 8},
+                "weight_decay": {"min": 1.0e-6, "max": 1.0e-2, "num": 8},
+            },
+        },
+    },
+    "pairs": [["adam_l2", "adamw"], ["sgd_l2", "sgdw"]],
+    "baseline": {"runs": 2},
+}
+
+_COMMON_KEYS = ("name", "data", "model", "training", "optimizers")
+_SWEEP_KEYS = (*_COMMON_KEYS, "pairs", "baseline")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], where: Where) -> dict[str, Any]:
+    """Applies ``key.path=value`` overrides (values read as YAML) to a raw config mapping."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise where.error(f"override {item!r} must look like key.path=value")
+        path, _, text = item.partition("=")
+        keys = path.strip().split(".")
+        node = raw
+        for depth, key in enumerate(keys[:-1]):
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise where.child(".".join(keys[: depth + 1])).error(f"is not a mapping; cannot set {path!r}")
+            node = child
+        try:
+            node[keys[-1]] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise where.error(f"override {item!r} has a value that is not valid YAML") from None
+    return raw
+
+
+def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str] = ()) -> Experiment:
+    """Reads and validates a ``compare`` or ``sweep`` experiment.
+
+    Keys (all optional; the defaults are :data:`DEFAULT_COMPARE` and :data:`DEFAULT_SWEEP`):
+
+    * ``name``: results go to ``runs/<name>/``.
+    * ``data``: ``{name: digits | text, ...}`` with the keyword arguments of
+      :func:`optim_chain.data.digits` or :func:`optim_chain.data.text`.
+    * ``model``: ``{name: mlp, hidden: [128], layer_norm: true}`` or
+      ``{name: transformer, d_model: 64, num_heads: 4, num_layers: 2}``.
+    * ``training``: ``steps``, ``batch_size``, ``eval_every``, ``seeds``, ``first_seed``.
+    * ``optimizers``: label -> an optimizer mapping, or the path of an optimizer file (relative
+      to this file). In a sweep each is a preset whose learning rate and weight decay come from
+      its ``grid: {learning_rate: ..., weight_decay: ...}``, each axis a list of numbers or
+      ``{min, max, num}`` (log-spaced).
+    * ``pairs`` (sweep): the heatmaps to draw side by side, e.g. ``[[adam_l2, adamw]]``.
+    * ``baseline`` (sweep): ``{runs: 2}``, runs per optimizer timed one at a time.
+
+    Args:
+      path: the YAML file, or ``None`` for the built-in default of ``kind``.
+      kind: ``"compare"`` or ``"sweep"``.
+      overrides: ``key.path=value`` strings applied before validation.
+    """
+    if kind not in ("compare", "sweep"):
+        raise ValueError(f"kind must be 'compare' or 'sweep', got {kind!r}")
+    default = DEFAULT_COMPARE if kind == "compare" else DEFAULT_SWEEP
+    if path is None:
+        raw, where = copy.deepcopy(default), Where("<built-in>")
+    else:
+        raw, where = read_yaml(path), Where(str(path))
+    raw = apply_overrides(raw, overrides, where)
+    _check_keys(raw, _SWEEP_KEYS if kind == "sweep" else _COMMON_KEYS, where)
+    name = raw.get("name", default["name"])
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise where.child("name").error(f"must be a plain file name (letters, digits, _ . -), got {name!r}")
+    dataset = _data(raw.get("data", default["data"]), where.child("data"))
+    model = _model(raw.get("model", default["model"]), dataset["name"], where.child("model"))
+    training = _training(
+        {**default["training"], **_mapping(raw.get("training"), where.child("training"))},
+        where.child("training"),
+    )
+    base = Path(path).parent if path is not None else Path(".")
+    optimizers_raw = _mapping(raw.get("optimizers", default["optimizers"]), where.child("optimizers"))
+    if not optimizers_raw:
+        raise where.child("optimizers").error("must name at least one optimizer")
+    optimizers: dict[str, OptimizerSpec] = {}
+    grids: dict[str, Grid] = {}
+    for label, spec in optimizers_raw.items():
+        here = where.child("optimizers").child(label)
+        if isinstance(spec, str):
+            file = base / spec
+            try:
+                loaded = read_yaml(file)
+            except ConfigError as error:
+                raise here.error(f"names the optimizer file {spec!r}, and {error}") from None
+            _check_keys(loaded, ["optimizer"], Where(str(file)))
+            spec, here = loaded.get("optimizer"), Where(str(file), "optimizer")
+        spec = _mapping(spec, here)
+        if kind == "sweep":
+            grids[label] = _grid(spec.pop("grid", None), here.child("grid"))
+            overrides_now = {"learning_rate": grids[label].learning_rate[0], "weight_decay": 0.0}
+            build_optimizer(copy.deepcopy(spec), here, overrides_now)
+        else:
+            build_optimizer(copy.deepcopy(spec), here)
+        optimizers[label] = OptimizerSpec(spec, here)
+    if kind == "compare":
+        return Experiment(kind, name, dataset, model, training, optimizers, source=where.file)
+    pairs = _pairs(raw.get("pairs", []), list(optimizers), where.child("pairs"))
+    baseline = _mapping(raw.get("baseline", default["baseline"]), where.child("baseline"))
+    _check_keys(baseline, ["runs"], where.child("baseline"))
+    runs = _integer(baseline.get("runs", 2), where.child("baseline").child("runs"))
+    return Experiment(kind, name, dataset, model, training, optimizers, grids, pairs, runs, where.file)
+
+
+def _data(raw: Any, where: Where) -> dict[str, Any]:
+    raw = _mapping(raw, where)
+    name = raw.get("name", "digits")
+    if name not in data_lib.DATASETS:
+        raise where.child("name").error(f"is {name!r}; valid choices: {_choices(data_lib.DATASETS)}")
+    parameters = inspect.signature(data_lib.digits if name == "digits" else data_lib.text).parameters
+    _check_keys(raw, ["name", *parameters], where)
+    checked: dict[str, Any] = {"name": name}
+    for key, value in raw.items():
+        here = where.child(key)
+        if key == "test_fraction":
+            checked[key] = _number(value, here)
+            if not 0 < checked[key] < 1:
+                raise here.error(f"must lie in (0, 1), got {value!r}")
+        elif key != "name":
+            checked[key] = _integer(value, here, 2 if key == "seq_len" else 0)
+    return checked
+
+
+def _model(raw: Any, data_name: str, where: Where) -> dict[str, Any]:
+    raw = _mapping(raw, where)
+    name = raw.get("name", "mlp")
+    if name not in MODELS:
+        raise where.child("name").error(f"is {name!r}; valid choices: {_choices(MODELS)}")
+    expected = "digits" if name == "mlp" else "text"
+    if data_name != expected:
+        raise where.child("name").error(f"is {name!r}, which needs data.name {expected!r}, not {data_name!r}")
+    defaults = _MLP_ARGUMENTS if name == "mlp" else _TRANSFORMER_ARGUMENTS
+    _check_keys(raw, ["name", *defaults], where)
+    checked: dict[str, Any] = {"name": name}
+    for key, value in raw.items():
+        if key == "name":
+            continue
+        here = where.child(key)
+        if key == "hidden":
+            if not isinstance(value, list) or not value:
+                raise here.error(f"must be a non-empty list of layer widths, got {value!r}")
+            checked[key] = tuple(_integer(v, here, 1) for v in value)
+        elif key == "layer_norm":
+            if not isinstance(value, bool):
+                raise here.error(f"must be true or false, got {value!r}")
+            checked[key] = value
+        else:
+            checked[key] = _integer(value, here, 1)
+    if name == "transformer":
+        d_model = checked.get("d_model", 64)
+        heads = checked.get("num_heads", 4)
+        if d_model % heads:
+            raise where.child("num_heads").error(f"must divide d_model={d_model}, got {heads}")
+    return checked
+
+
+def _training(raw: dict[str, Any], where: Where) -> Training:
+    fields = [f.name for f in dataclasses.fields(Training)]
+    _check_keys(raw, fields, where)
+    minimum = {"first_seed": 0}
+    values = {key: _integer(value, where.child(key), minimum.get(key, 1)) for key, value in raw.items()}
+    return Training(**values)
+
+
+def _axis(raw: Any, where: Where) -> tuple[float, ...]:
+    if isinstance(raw, list):
+        values = [_number(v, where.child(i)) for i, v in enumerate(raw)]
+    else:
+        raw = _mapping(raw, where)
+        _check_keys(raw, ["min", "max", "num"], where)
+        for key in ("min", "max", "num"):
+            if key not in raw:
+                raise where.error(f"needs min, max and num (or a list of values); {key} is missing")
+        low, high = _number(raw["min"], where.child("min")), _number(raw["max"], where.child("max"))
+        num = _integer(raw["num"], where.child("num"), 1)
+        if num > MAX_GRID_POINTS:
+            raise where.child("num").error(f"must be at most {MAX_GRID_POINTS}, got {num}")
+        if not 0 < low <= high:
+            raise where.error(f"needs 0 < min <= max, got min={low}, max={high}")
+        values = list(np.geomspace(low, high, num)) if num > 1 else [low]
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise where.error(f"must hold one or more finite numbers >= 0, got {values!r}")
+    return tuple(float(v) for v in values)
+
+
+def _grid(raw: Any, where: Where) -> Grid:
+    raw = _mapping(raw, where)
+    _check_keys(raw, ["learning_rate", "weight_decay"], where)
+    for key in ("learning_rate", "weight_decay"):
+        if key not in raw:
+            raise where.error(f"needs {key} (a list of numbers or {{min, max, num}})")
+    return Grid(
+        _axis(raw["learning_rate"], where.child("learning_rate")),
+        _axis(raw["weight_decay"], where.child("weight_decay")),
+    )
+
+
+def _pairs(raw: Any, labels: list[str], where: Where) -> tuple[tuple[str, str], ...]:
+    if not isinstance(raw, list):
+        raise where.error(f"must be a list of [label, label] pairs, got {raw!r}")
+    pairs = []
+    for index, pair in enumerate(raw):
+        here = where.child(index)
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise here.error(f"must be a pair [label, label], got {pair!r}")
+        for label in pair:
+            if label not in labels:
+                raise here.error(f"names {label!r}; valid choices: {_choices(labels)}")
+        pairs.append((pair[0], pair[1]))
+    return tuple(pairs)

@@ -1,0 +1,128 @@
+"""Small real data sets that ship with the install, so experiments never download anything.
+
+* :func:`digits`: scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes).
+* :func:`text`: a character-level next-token corpus made of the documentation text that ships
+  with Python itself (``pydoc_data.topics``, about 465,000 characters).
+
+Both return a :class:`Dataset` of NumPy arrays with a fixed train/test split, so that every
+optimizer in a comparison sees the same examples. Inputs and labels are shaped for the models in
+:mod:`optim_chain.models`: digits are ``float32[n, 64]`` with ``int32[n]`` labels, text is
+``int32[n, seq_len]`` tokens with ``int32[n, seq_len]`` next-token labels.
+
+Example::
+
+    >>> from optim_chain import data
+    >>> ds = data.digits()
+    >>> ds.x_train.shape, ds.num_classes
+    ((1437, 64), 10)
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+DATASETS = ("digits", "text")
+
+
+class Dataset(NamedTuple):
+    """A fixed train/test split.
+
+    Attributes:
+      name: the data set's name.
+      x_train, y_train, x_test, y_test: NumPy arrays (inputs and integer labels).
+      num_classes: the number of classes (the vocabulary size for text).
+      vocabulary: for text, the characters that the token ids stand for; empty otherwise.
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    vocabulary: str = ""
+
+
+def _check_fraction(test_fraction: float) -> None:
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
+
+
+def digits(test_fraction: float = 0.2, split_seed: int = 0) -> Dataset:
+    """scikit-learn's digits: pixel values scaled to [0, 1], a shuffled split fixed by ``split_seed``.
+
+    Args:
+      test_fraction: the share of the 1,797 images held out for testing, in (0, 1).
+      split_seed: the seed of the shuffle that decides the split.
+    """
+    from sklearn.datasets import load_digits
+
+    _check_fraction(test_fraction)
+    bunch = load_digits()
+    x = (bunch.data / 16.0).astype(np.float32)
+    y = bunch.target.astype(np.int32)
+    order = np.random.default_rng(split_seed).permutation(len(y))
+    n_test = int(round(test_fraction * len(y)))
+    test, train = order[:n_test], order[n_test:]
+    return Dataset("digits", x[train], y[train], x[test], y[test], num_classes=10)
+
+
+def corpus() -> str:
+    """The documentation text shipped with Python (``pydoc_data.topics``), topics in sorted order."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[key] for key in sorted(topics))
+
+
+def text(seq_len: int = 64, test_fraction: float = 0.1, min_count: int = 20) -> Dataset:
+    """A character-level language-modelling task on Python's own documentation.
+
+    The text is cut into non-overlapping windows of ``seq_len + 1`` characters; the model reads
+    the first ``seq_len`` and predicts each next character. The last ``test_fraction`` of the
+    text is the test set. Characters seen fewer than ``min_count`` times map to one shared
+    "rare" token (shown as ``"?"``), which keeps the vocabulary to plain ASCII.
+
+    Args:
+      seq_len: the context length, ``>= 2``.
+      test_fraction: the share of the text held out for testing, in (0, 1).
+      min_count: characters rarer than this share one token.
+    """
+    if not isinstance(seq_len, int) or seq_len < 2:
+        raise ValueError(f"seq_len must be an int >= 2, got {seq_len!r}")
+    _check_fraction(test_fraction)
+    raw = corpus()
+    counts: dict[str, int] = {}
+    for ch in raw:
+        counts[ch] = counts.get(ch, 0) + 1
+    kept = sorted(ch for ch, n in counts.items() if n >= min_count and ch != "?")
+    vocabulary = "?" + "".join(kept)
+    lookup = np.zeros(max(map(ord, counts)) + 1, np.int32)
+    for index, ch in enumerate(vocabulary):
+        lookup[ord(ch)] = index
+    tokens = lookup[np.frombuffer(raw.encode("utf-32-le"), np.uint32)]
+    split = int(len(tokens) * (1 - test_fraction))
+
+    def windows(stream: np.ndarray) -> np.ndarray:
+        count = (len(stream) - 1) // seq_len
+        starts = np.arange(count) * seq_len
+        return np.stack([stream[s : s + seq_len + 1] for s in starts])
+
+    train, test = windows(tokens[:split]), windows(tokens[split:])
+    return Dataset(
+        "text",
+        train[:, :-1],
+        train[:, 1:],
+        test[:, :-1],
+        test[:, 1:],
+        num_classes=len(vocabulary),
+        vocabulary=vocabulary,
+    )
+
+
+def load(name: str, **kwargs: object) -> Dataset:
+    """The data set called ``name`` (``"digits"`` or ``"text"``) with its keyword arguments."""
+    if name not in DATASETS:
+        raise ValueError(f"data set must be one of {', '.join(DATASETS)}; got {name!r}")
+    return digits(**kwargs) if name == "digits" else text(**kwargs)  # type: ignore[arg-type]

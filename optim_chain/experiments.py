@@ -1,0 +1,502 @@
+"""The two experiments behind the command line: ``compare`` and ``sweep``.
+
+* :func:`compare` trains one model with several optimizers (by default Adam, Adam+L2 and AdamW
+  with biases and norms masked) over several seeds, all seeds of an optimizer as one vmapped
+  program, and writes ``runs/<name>/``: ``summary.md``, ``metrics.json``, ``curves.png`` and
+  ``effective_decay.png``.
+* :func:`sweep` trains a learning-rate x weight-decay grid per optimizer, the whole grid as one
+  vmapped program, draws the heatmaps side by side (Loshchilov & Hutter, Figure 2), computes
+  separability numbers (:func:`optim_chain.diagnostics.separability`) and times the same grid
+  trained one run at a time. It writes ``summary.md``, ``metrics.json`` and ``heatmaps.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from optim_chain import diagnostics, plots
+from optim_chain.config import Experiment, OptimizerSpec
+from optim_chain.training import Trainer, unstack
+
+
+def _progress(total: int, enabled: bool, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, unit="step", file=sys.stderr, leave=False)
+
+
+def environment() -> dict[str, Any]:
+    """Versions, device and machine load, recorded with every run."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return {
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "cpu_count": os.cpu_count(),
+        "load_average": [round(x, 2) for x in load],
+        "platform": platform.platform(),
+    }
+
+
+def _describe(experiment: Experiment) -> dict[str, Any]:
+    described: dict[str, Any] = {
+        "source": experiment.source,
+        "name": experiment.name,
+        "data": experiment.data,
+        "model": {k: list(v) if isinstance(v, tuple) else v for k, v in experiment.model.items()},
+        "training": vars(experiment.training),
+        "optimizers": {label: spec.spec for label, spec in experiment.optimizers.items()},
+    }
+    if experiment.kind == "sweep":
+        described["grids"] = {label: vars(grid) for label, grid in experiment.grids.items()}
+        described["pairs"] = [list(p) for p in experiment.pairs]
+        described["baseline_runs"] = experiment.baseline_runs
+    return described
+
+
+def _mean_std(values: np.ndarray, scale: float = 1.0, digits: int = 3) -> str:
+    values = np.asarray(values, np.float64) * scale
+    return f"{values.mean():.{digits}f} ± {values.std():.{digits}f}"
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _output_dir(out_dir: str | Path, name: str) -> Path:
+    path = Path(out_dir) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_ready(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.write_text(json.dumps(_json_ready(payload), indent=1) + "\n")
+
+
+# ----------------------------------------------------------------------------------- compare
+
+
+def compare(
+    experiment: Experiment,
+    out_dir: str | Path = "runs",
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Runs a ``compare`` experiment and writes ``<out_dir>/<name>/``; returns the metrics.
+
+    Args:
+      experiment: from :func:`optim_chain.config.load_experiment` with ``kind="compare"``.
+      out_dir: the parent of the run directory.
+      progress: show a progress bar on stderr.
+      echo: where the result table is printed.
+    """
+    start = time.perf_counter()
+    dataset = experiment.load_data()
+    model = experiment.build_model(dataset)
+    training = experiment.training
+    seeds = training.first_seed + np.arange(training.seeds)
+    bar = _progress(training.steps * len(experiment.optimizers), progress, "compare")
+    results: dict[str, Any] = {}
+    curves: dict[str, dict[str, np.ndarray]] = {}
+    coupled: dict[str, np.ndarray] = {}
+    single: dict[str, float] = {}
+    for label, spec in experiment.optimizers.items():
+        bar.set_description(f"compare: {label}")
+        trainer = Trainer(model, dataset, _fixed(spec), training.batch_size, training.eval_every)
+        run = trainer.run({}, seeds, training.steps, progress=bar.update)
+        transform = spec.build()
+        params0 = unstack(run.final.params, 0)
+        decayed, total = diagnostics.decayed_parameters(transform, params0)
+        norms = [diagnostics.weight_norm(unstack(run.final.params, i)) for i in range(len(seeds))]
+        decay = diagnostics.effective_decay(transform, unstack(run.final.opt_state, 0), params0)
+        decay_summary = None
+        if decay is not None:
+            values = decay.values
+            decay_summary = {
+                "kind": decay.kind,
+                "quantiles": dict(zip(("p05", "p50", "p95"), np.quantile(values, [0.05, 0.5, 0.95]))),
+                "min": values.min(),
+                "max": values.max(),
+            }
+            if decay.kind == "coupled":
+                coupled[label] = values
+            else:
+                single[label] = float(values[0])
+        curves[label] = {
+            "step": run.steps,
+            "train_loss": run.train_loss,
+            "test_loss": run.test_loss,
+            "test_accuracy": run.test_accuracy,
+        }
+        results[label] = {
+            "chain": str(transform),
+            "test_accuracy": run.test_accuracy[:, -1],
+            "test_loss": run.test_loss[:, -1],
+            "weight_norm": norms,
+            "decayed_parameters": decayed,
+            "total_parameters": total,
+            "effective_decay": decay_summary,
+            "seconds": run.seconds,
+            "curves": curves[label],
+        }
+    bar.close()
+    path = _output_dir(out_dir, experiment.name)
+    plots.training_curves(path / "curves.png", curves)
+    if coupled or single:
+        plots.effective_decay(path / "effective_decay.png", coupled, single)
+    wall = time.perf_counter() - start
+    table = _compare_table(results)
+    metrics = {
+        "kind": "compare",
+        "experiment": _describe(experiment),
+        "environment": environment(),
+        "wall_seconds": wall,
+        "seeds": seeds,
+        "optimizers": results,
+    }
+    _write_json(path / "metrics.json", metrics)
+    (path / "summary.md").write_text(_compare_summary(experiment, results, table, wall, path))
+    echo(table)
+    echo(
+        f"\nwrote {path}/: summary.md, metrics.json, curves.png"
+        + (", effective_decay.png" if coupled or single else "")
+    )
+    echo(
+        f"wall time {wall:.1f} s ({len(seeds)} seeds x {len(results)} optimizers, "
+        f"{training.steps} steps each)"
+    )
+    return metrics
+
+
+def _fixed(spec: OptimizerSpec) -> Callable[[Any], Any]:
+    def build(hyperparams: Any) -> Any:
+        del hyperparams
+        return spec.build()
+
+    return build
+
+
+def _compare_table(results: dict[str, Any]) -> str:
+    rows = []
+    for label, r in results.items():
+        rows.append(
+            [
+                label,
+                _mean_std(r["test_accuracy"], 100, 2) + " %",
+                _mean_std(r["test_loss"], 1, 4),
+                _mean_std(r["weight_norm"], 1, 2),
+                f"{r['decayed_parameters']:,} of {r['total_parameters']:,}",
+            ]
+        )
+    header = ["optimizer", "test accuracy", "test loss", "weight norm", "decayed params"]
+    return _markdown_table(header, rows)
+
+
+def _compare_summary(
+    experiment: Experiment, results: dict[str, Any], table: str, wall: float, path: Path
+) -> str:
+    t = experiment.training
+    lines = [
+        f"# compare: {experiment.name}",
+        "",
+        f"Config: `{experiment.source}`. Data: {experiment.data}. Model: {experiment.model}.",
+        f"{t.steps} steps of batch {t.batch_size}, seeds {t.first_seed}..{t.first_seed + t.seeds - 1} "
+        f"(each seed: same initialisation and batch order for every optimizer). Wall time {wall:.1f} s.",
+        "",
+        "Mean ± standard deviation over seeds, at the end of training. *Weight norm* is the L2 norm of",
+        "the kernels and embeddings (the leaves the default mask decays), for every optimizer alike;",
+        "*decayed params* counts the parameters this optimizer's weight decay acts on.",
+        "",
+        table,
+        "",
+        "## Effective weight decay per step (seed 0, end of training)",
+        "",
+    ]
+    for label, r in results.items():
+        d = r["effective_decay"]
+        if d is None:
+            lines.append(f"- {label}: no weight decay")
+        elif d["kind"] == "coupled":
+            q = d["quantiles"]
+            lines.append(
+                f"- {label}: lr*lambda/(sqrt(vhat)+eps) differs per weight: 5% {q['p05']:.2e}, "
+                f"median {q['p50']:.2e}, 95% {q['p95']:.2e} "
+                f"(x{q['p95'] / max(q['p05'], 1e-300):.0f} between them)"
+            )
+        else:
+            lines.append(f"- {label}: {d['min']:.2e} for every decayed weight ({d['kind']})")
+    lines += ["", "![training curves](curves.png)", ""]
+    if (path / "effective_decay.png").exists():
+        lines += ["![effective decay](effective_decay.png)", ""]
+    lines += ["## Chains", ""]
+    for label, r in results.items():
+        lines += [f"**{label}**", "", "```", r["chain"], "```", ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------- sweep
+
+
+def sweep(
+    experiment: Experiment,
+    out_dir: str | Path = "runs",
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Runs a ``sweep`` experiment and writes ``<out_dir>/<name>/``; returns the metrics.
+
+    Each optimizer's grid (``learning rates x weight decays x seeds``) trains as one
+    ``jax.jit(jax.vmap(...))`` program. Then ``baseline_runs`` cells per optimizer are trained one
+    at a time with one compiled single-run program (hyperparameters passed as arguments, so it
+    compiles once); the sequential time of the whole grid is estimated as
+    ``compile + cells x time per run`` (measured exactly when ``baseline_runs`` covers the grid),
+    and the time of a loop that compiles every run afresh (hyperparameters baked in as Python
+    floats) as ``cells x (compile + time per run)``.
+    """
+    start = time.perf_counter()
+    dataset = experiment.load_data()
+    model = experiment.build_model(dataset)
+    training = experiment.training
+    worst = math.log(dataset.num_classes)
+    seeds = training.first_seed + np.arange(training.seeds)
+    bar = _progress(training.steps * len(experiment.optimizers), progress, "sweep")
+    results: dict[str, Any] = {}
+    panels: dict[str, dict[str, Any]] = {}
+    timing: dict[str, Any] = {}
+    for label, spec in experiment.optimizers.items():
+        grid = experiment.grids[label]
+        lrs, wds = np.asarray(grid.learning_rate), np.asarray(grid.weight_decay)
+        lr_flat, wd_flat, seed_flat = (a.ravel() for a in np.meshgrid(lrs, wds, seeds, indexing="ij"))
+        hyperparams = {
+            "learning_rate": lr_flat.astype(np.float32),
+            "weight_decay": wd_flat.astype(np.float32),
+        }
+        cells = len(lr_flat)
+        bar.set_description(f"sweep: {label} ({cells} runs at once)")
+        trainer = Trainer(model, dataset, _from_grid(spec), training.batch_size, training.eval_every)
+        run = trainer.run(hyperparams, seed_flat, training.steps, progress=bar.update)
+        shape = (len(lrs), len(wds), len(seeds))
+        loss = run.test_loss[:, -1].reshape(shape)
+        error = 1.0 - run.test_accuracy[:, -1].reshape(shape)
+        mean_loss, mean_error = loss.mean(-1), error.mean(-1)
+        sep = diagnostics.separability(mean_loss, lrs, wds, worst)
+        panels[label] = {
+            "label": label,
+            "learning_rates": lrs,
+            "weight_decays": wds,
+            "metric": mean_loss,
+            "error": mean_error,
+            "separability": sep,
+        }
+        best = np.unravel_index(
+            np.argmin(np.where(np.isfinite(mean_loss), mean_loss, np.inf)), mean_loss.shape
+        )
+        results[label] = {
+            "chain": str(spec.build({"learning_rate": float(lrs[0]), "weight_decay": float(wds[0])})),
+            "learning_rates": lrs,
+            "weight_decays": wds,
+            "test_loss": loss,
+            "test_error": error,
+            "best": {
+                "learning_rate": lrs[best[0]],
+                "weight_decay": wds[best[1]],
+                "test_loss": mean_loss[best],
+            },
+            "separability": sep._asdict(),
+            "vmapped_seconds": run.seconds,
+            "vmapped_first_chunk_seconds": run.compile_seconds,
+            "runs": cells,
+        }
+        timing[label] = {"vmapped_seconds": run.seconds, "runs": cells}
+        if experiment.baseline_runs:
+            bar.set_description(f"sweep: {label} one run at a time")
+            timing[label].update(
+                _sequential_timing(trainer, hyperparams, seed_flat, experiment.baseline_runs, training.steps)
+            )
+    bar.close()
+    path = _output_dir(out_dir, experiment.name)
+    rows = [[panels[a], panels[b]] for a, b in experiment.pairs]
+    paired = {label for pair in experiment.pairs for label in pair}
+    rows += [[panels[label]] for label in panels if label not in paired]
+    plots.heatmaps(path / "heatmaps.png", rows, "test loss", worst)
+    wall = time.perf_counter() - start
+    speed = _speedup(timing)
+    metrics = {
+        "kind": "sweep",
+        "experiment": _describe(experiment),
+        "environment": environment(),
+        "wall_seconds": wall,
+        "metric": "final test loss, mean over seeds",
+        "optimizers": results,
+        "timing": {"per_optimizer": timing, **speed},
+    }
+    _write_json(path / "metrics.json", metrics)
+    table = _sweep_table(results)
+    timing_text = _timing_text(speed)
+    (path / "summary.md").write_text(_sweep_summary(experiment, results, table, timing_text, wall))
+    echo(table)
+    if timing_text:
+        echo("\n" + timing_text)
+    echo(f"\nwrote {path}/: summary.md, metrics.json, heatmaps.png")
+    echo(f"wall time {wall:.1f} s")
+    return metrics
+
+
+def _from_grid(spec: OptimizerSpec) -> Callable[[Any], Any]:
+    def build(hyperparams: Any) -> Any:
+        return spec.build(
+            {"learning_rate": hyperparams["learning_rate"], "weight_decay": hyperparams["weight_decay"]}
+        )
+
+    return build
+
+
+def _sequential_timing(
+    trainer: Trainer, hyperparams: dict[str, np.ndarray], seeds: np.ndarray, runs: int, steps: int
+) -> dict[str, Any]:
+    """Times ``runs`` grid cells trained one at a time with one compiled single-run program."""
+    cells = len(seeds)
+    runs = min(runs, cells)
+    indices = np.unique(np.linspace(0, cells - 1, runs).round().astype(int))
+    compiled = trainer.compiled(batched=False)
+    times = []
+    for index in indices:
+        one = {k: v[index] for k, v in hyperparams.items()}
+        times.append(trainer.run(one, [seeds[index]], steps, batched=False, compiled=compiled).seconds)
+    out: dict[str, Any] = {"sequential_runs_timed": len(times), "sequential_run_seconds": times}
+    if len(times) >= 2:
+        per_run = float(np.mean(times[1:]))
+        compile_seconds = max(times[0] - per_run, 0.0)
+        out.update(
+            per_run_seconds=per_run,
+            compile_seconds=compile_seconds,
+            sequential_seconds=sum(times) if len(times) == cells else compile_seconds + cells * per_run,
+            sequential_measured=len(times) == cells,
+            recompiling_seconds=cells * (compile_seconds + per_run),
+        )
+    return out
+
+
+def _speedup(timing: dict[str, Any]) -> dict[str, Any]:
+    vmapped = sum(t["vmapped_seconds"] for t in timing.values())
+    if not all("sequential_seconds" in t for t in timing.values()):
+        return {"vmapped_seconds": vmapped}
+    sequential = sum(t["sequential_seconds"] for t in timing.values())
+    recompiling = sum(t["recompiling_seconds"] for t in timing.values())
+    return {
+        "vmapped_seconds": vmapped,
+        "sequential_seconds": sequential,
+        "sequential_measured": all(t["sequential_measured"] for t in timing.values()),
+        "recompiling_seconds": recompiling,
+        "speedup_vs_sequential": sequential / vmapped,
+        "speedup_vs_recompiling": recompiling / vmapped,
+    }
+
+
+def _timing_text(speed: dict[str, Any]) -> str:
+    if "sequential_seconds" not in speed:
+        return f"grid trained vmapped in {speed['vmapped_seconds']:.1f} s (no one-at-a-time baseline)"
+    how = "measured" if speed["sequential_measured"] else "estimated from the timed runs"
+    return (
+        "whole grid, vmapped (one program per optimizer, compilation included): "
+        f"{speed['vmapped_seconds']:.1f} s\n"
+        f"one run at a time, one compiled program reused ({how}): {speed['sequential_seconds']:.1f} s "
+        f"-> speed-up x{speed['speedup_vs_sequential']:.2f}\n"
+        f"one run at a time, compiling every run (estimated): {speed['recompiling_seconds']:.1f} s "
+        f"-> speed-up x{speed['speedup_vs_recompiling']:.1f}"
+    )
+
+
+def _sweep_table(results: dict[str, Any]) -> str:
+    rows = []
+    for label, r in results.items():
+        sep = r["separability"]
+        best = r["best"]
+        rows.append(
+            [
+                label,
+                f"{best['learning_rate']:.1e}",
+                f"{best['weight_decay']:.1e}",
+                f"{best['test_loss']:.4f}",
+                f"{sep['slope']:+.2f} ({int(np.sum(sep['rows_used']))} lrs)",
+                f"{sep['spread_decades']:.1f}",
+                f"{sep['interaction']:.3f}",
+            ]
+        )
+    header = [
+        "optimizer",
+        "best lr",
+        "best wd",
+        "test loss",
+        "best-wd slope",
+        "spread (decades)",
+        "interaction",
+    ]
+    return _markdown_table(header, rows)
+
+
+def _sweep_summary(
+    experiment: Experiment, results: dict[str, Any], table: str, timing: str, wall: float
+) -> str:
+    t = experiment.training
+    lines = [
+        f"# sweep: {experiment.name}",
+        "",
+        f"Config: `{experiment.source}`. Data: {experiment.data}. Model: {experiment.model}.",
+        f"{t.steps} steps of batch {t.batch_size} per run, {t.seeds} seed(s) per cell (every cell sees the",
+        f"same initialisation and batches). Wall time {wall:.1f} s.",
+        "",
+        "Metric: final test loss, mean over seeds. For each learning rate the weight decay with the",
+        "lowest loss is its *best wd*. *best-wd slope* is the least-squares slope of log10(best wd)",
+        "against log10(lr) over the learning rates whose best loss is within 2x of the grid's best:",
+        "about -1 is the diagonal of coupled hyperparameters, about 0 a best weight decay that does",
+        "not move. *spread* is the range of those best weight decays in decades. *interaction* is the",
+        "share of the variance of the test loss (diverged runs clipped to the loss of a uniform guess)",
+        "that an additive model a(lr) + b(wd) leaves unexplained (0: perfectly separable).",
+        "",
+        table,
+        "",
+    ]
+    if timing:
+        lines += ["## Timing", "", "```", timing, "```", ""]
+    lines += ["![heatmaps](heatmaps.png)", "", "## Best weight decay per learning rate", ""]
+    for label, r in results.items():
+        pairs = ", ".join(
+            f"{lr:.0e}->{wd:.0e}"
+            for lr, wd in zip(r["learning_rates"], r["separability"]["best_weight_decay"])
+        )
+        lines.append(f"- {label}: {pairs}")
+    lines += ["", "## Chains (shown at the first grid point)", ""]
+    for label, r in results.items():
+        lines += [f"**{label}**", "", "```", r["chain"], "```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,154 @@
+"""Figures for ``optim-chain compare`` and ``optim-chain sweep`` (matplotlib, no display needed).
+
+Figures are drawn on ``matplotlib.figure.Figure`` objects directly, which render with the Agg
+backend and never open a window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+
+from optim_chain.diagnostics import Separability
+
+COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
+
+
+def training_curves(path: Path, curves: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+    """Train loss, test loss and test accuracy against steps: the mean over seeds with a min-max band.
+
+    Args:
+      path: the PNG to write.
+      curves: label -> ``{"step": int[E], "train_loss": float[R, E], "test_loss": ...,
+        "test_accuracy": ...}``.
+    """
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    axes = fig.subplots(1, 3)
+    for (label, curve), color in zip(curves.items(), COLORS * 4):
+        steps = np.asarray(curve["step"])
+        for ax, key in zip(axes, ("train_loss", "test_loss", "test_accuracy")):
+            values = np.asarray(curve[key], np.float64)
+            ax.plot(steps, values.mean(0), color=color, label=label)
+            ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.2, linewidth=0)
+    for ax, title in zip(axes, ("training loss (mean over the chunk)", "test loss", "test accuracy")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[0].legend()
+    fig.savefig(path, dpi=110)
+
+
+def effective_decay(
+    path: Path, coupled: Mapping[str, np.ndarray], single: Mapping[str, float], title: str = ""
+) -> None:
+    """Histogram of the per-weight decay of L2 chains against the single value of decoupled ones.
+
+    Args:
+      path: the PNG to write.
+      coupled: label -> ``lr * lambda / (sqrt(vhat) + eps)`` for every decayed weight (the
+        coefficient of ``theta`` in the step if the L2 term moved ``vhat`` no further; above 1
+        the normalised step, which Adam bounds, is what limits the actual shrinkage).
+      single: label -> the one per-step decay every decayed weight gets (``eta * lambda``).
+      title: the figure's title.
+    """
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    finite = [v[np.isfinite(v) & (v > 0)] for v in coupled.values()]
+    everything = np.concatenate(finite + [np.asarray(list(single.values()), np.float64)])
+    everything = everything[everything > 0]
+    if everything.size:
+        bins = np.geomspace(everything.min() / 1.5, everything.max() * 1.5, 60)
+        for (label, values), color in zip(zip(coupled, finite), COLORS):
+            ax.hist(values, bins=bins, color=color, alpha=0.75, label=f"{label}: one value per weight")
+            ax.axvline(np.median(values), color=color, linestyle=":", linewidth=1)
+        for (label, value), color in zip(single.items(), COLORS[len(coupled) :]):
+            ax.axvline(value, color=color, linewidth=2.5, label=f"{label}: every weight, {value:.1e}")
+        ax.set_xscale("log")
+    ax.set_xlabel("decay coefficient per step: lr*lambda/(sqrt(vhat)+eps) for L2, eta*lambda decoupled")
+    ax.set_ylabel("number of weights")
+    ax.set_title(title or "effective weight decay of each decayed weight, at the end of training")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+
+
+def heatmaps(
+    path: Path,
+    rows: Sequence[Sequence[dict[str, Any]]],
+    metric_name: str,
+    worst: float,
+) -> None:
+    """Learning-rate x weight-decay heatmaps, one row per pair, as in Loshchilov & Hutter's Fig. 2.
+
+    Colour is ``metric`` (log scale, clipped at ``worst``); each cell is annotated with the test
+    error in percent; white dots mark the best weight decay of each learning rate used in the
+    separability fit (grey ones the rows left out), a star the best cell.
+
+    Args:
+      path: the PNG to write.
+      rows: for each row, panels ``{"label", "learning_rates", "weight_decays", "metric",
+        "error", "separability": Separability}``; the grid arrays are ``[lr, wd]``.
+      metric_name: what the colour shows.
+      worst: the clipping value of the colour scale.
+    """
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig = Figure(figsize=(5.6 * n_cols, 4.9 * n_rows), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
+    finite = [
+        np.asarray(p["metric"])[np.isfinite(p["metric"])]
+        for r in rows
+        for p in r
+        if np.isfinite(p["metric"]).any()
+    ]
+    low = min([float(f.min()) for f in finite] + [worst]) if finite else 1e-3
+    norm = LogNorm(vmin=max(low, 1e-6), vmax=worst)
+    for r, row in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            if c >= len(row):
+                ax.axis("off")
+                continue
+            panel = row[c]
+            metric = np.asarray(panel["metric"], np.float64)
+            shown = np.where(np.isfinite(metric), np.minimum(metric, worst), worst)
+            image = ax.imshow(shown.T, origin="lower", cmap="viridis_r", norm=norm, aspect="auto")
+            lrs, wds = panel["learning_rates"], panel["weight_decays"]
+            ax.set_xticks(range(len(lrs)), [f"{v:.0e}" for v in lrs], rotation=45, fontsize=7)
+            ax.set_yticks(range(len(wds)), [f"{v:.0e}" for v in wds], fontsize=7)
+            ax.set_xlabel("learning rate")
+            ax.set_ylabel("weight decay")
+            error = np.asarray(panel["error"], np.float64)
+            for i in range(len(lrs)):
+                for j in range(len(wds)):
+                    text = f"{100 * error[i, j]:.0f}" if np.isfinite(error[i, j]) else "nan"
+                    dark = norm(shown[i, j]) > 0.6
+                    ax.text(
+                        i, j, text, ha="center", va="center", fontsize=6, color="white" if dark else "black"
+                    )
+            sep: Separability = panel["separability"]
+            best_j = [list(wds).index(w) for w in sep.best_weight_decay]
+            used = np.asarray(sep.rows_used)
+            xs = np.arange(len(lrs))
+            ax.plot(
+                xs[used], np.asarray(best_j)[used], "o-", color="white", markersize=5, markeredgecolor="k"
+            )
+            if (~used).any():
+                ax.plot(xs[~used], np.asarray(best_j)[~used], "o", color="0.6", markersize=4)
+            bi, bj = np.unravel_index(np.argmin(shown), shown.shape)
+            ax.plot(bi, bj, "*", color="red", markersize=14, markeredgecolor="k")
+            slope = f"{sep.slope:+.2f}" if np.isfinite(sep.slope) else "n/a"
+            ax.set_title(
+                f"{panel['label']}: slope {slope}, spread {sep.spread_decades:.1f} dec, "
+                f"interaction {sep.interaction:.2f}",
+                fontsize=9,
+            )
+            fig.colorbar(image, ax=ax, label=metric_name, shrink=0.85)
+    fig.suptitle(
+        "final " + metric_name + " (colour) and test error % (numbers); dots: best weight decay per lr"
+    )
+    fig.savefig(path, dpi=100)

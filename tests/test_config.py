@@ -1,0 +1,270 @@
+"""YAML configs: every file in configs/ is loaded and exercised; mistakes give one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optim_chain as oc
+from optim_chain import config, data, masks, models
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+PRESET_FILES = sorted((CONFIGS / "presets").glob("*.yaml"))
+EXPERIMENT_FILES = sorted(CONFIGS.glob("*.yaml"))
+
+
+def _mlp_params(hidden: int = 8) -> dict:
+    return jax.jit(models.MLP(hidden=(hidden,)).init)(jax.random.key(0), jnp.zeros((1, 64)))["params"]
+
+
+def test_every_config_file_is_covered():
+    names = {p.name for p in PRESET_FILES}
+    assert names == {f"{preset}.yaml" for preset in config.PRESETS}
+    assert {p.name for p in EXPERIMENT_FILES} >= {"compare.yaml", "sweep.yaml", "compare_custom_chain.yaml"}
+
+
+def test_preset_files_build_their_preset_and_train():
+    """Each preset file builds the preset it names; two training steps of each change the params."""
+    x = jax.random.normal(jax.random.key(1), (16, 64))
+    y = jnp.arange(16) % 10
+    params = _mlp_params()
+    model = models.MLP(hidden=(8,))
+    transforms = {path.stem: config.load_optimizer(path) for path in PRESET_FILES}
+    for stem, transform in transforms.items():
+        assert transform.name == stem
+
+    @jax.jit
+    def two_steps(params):
+        def loss(p):
+            return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x), y).mean()
+
+        out = {}
+        for stem, tx in transforms.items():
+            p, state = params, tx.init(params)
+            for _ in range(2):
+                updates, state = tx.update(jax.grad(loss)(p), state, p)
+                p = optax.apply_updates(p, updates)
+            out[stem] = p
+        return out
+
+    for stem, trained in two_steps(params).items():
+        chex.assert_tree_all_finite(trained)
+        moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), trained, params)
+        assert moved["Dense_1"]["kernel"], stem
+
+
+def test_adamw_file_predicate_matches_the_default_mask():
+    mask = config.load_optimizer(CONFIGS / "presets" / "adamw.yaml").parts[-1].hyperparams["mask"]
+    transformer = models.Transformer(vocab_size=12, max_len=8, d_model=8, num_heads=2, num_layers=1)
+    text_params = jax.eval_shape(transformer.init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    for params in (_mlp_params(), text_params):
+        assert masks.resolve_mask(mask, params) == masks.resolve_mask(masks.DEFAULT_DECAY, params)
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_FILES, ids=lambda p: p.name)
+def test_experiment_files_load_build_and_step(path):
+    """Every experiment file validates, and each optimizer takes a step on the config's model."""
+    raw = config.read_yaml(path)
+    kind = "sweep" if "pairs" in raw else "compare"
+    experiment = config.load_experiment(path, kind)
+    assert experiment.optimizers
+    dataset = experiment.load_data() if experiment.data["name"] == "digits" else None
+    if dataset is None:  # the text model: a tiny vocabulary is enough to exercise its parameters
+        dataset = data.Dataset("text", np.zeros((2, 8), np.int32), *[np.zeros((2, 8), np.int32)] * 3, 12)
+    model = experiment.build_model(dataset)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), dataset.x_train[:1])["params"]
+    params = jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype), shapes)
+    grads = jax.tree.map(lambda s: np.full(s.shape, 0.1, s.dtype), shapes)
+    transforms = []
+    for label, spec in experiment.optimizers.items():
+        if kind == "sweep":
+            grid = experiment.grids[label]
+            assert len(grid.learning_rate) >= 2 and len(grid.weight_decay) >= 2
+            transforms.append(
+                spec.build({"learning_rate": grid.learning_rate[-1], "weight_decay": grid.weight_decay[-1]})
+            )
+        else:
+            transforms.append(spec.build())
+
+    @jax.jit
+    def one_step(params):
+        return [
+            optax.apply_updates(params, tx.update(grads, tx.init(params), params)[0]) for tx in transforms
+        ]
+
+    for new in one_step(params):
+        chex.assert_tree_all_finite(new)
+        assert any(bool(jnp.any(a != b)) for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(params)))
+
+
+def _without_source(experiment: config.Experiment) -> config.Experiment:
+    spec_only = {k: v.spec for k, v in experiment.optimizers.items()}
+    return dataclasses.replace(experiment, source="", optimizers=spec_only)
+
+
+@pytest.mark.parametrize("kind", ["compare", "sweep"])
+def test_config_files_spell_out_the_built_in_defaults(kind):
+    from_file = config.load_experiment(CONFIGS / f"{kind}.yaml", kind)
+    built_in = config.load_experiment(None, kind)
+    assert _without_source(from_file) == _without_source(built_in)
+
+
+def test_custom_chains_differ_by_the_decay_line_and_match_the_presets():
+    experiment = config.load_experiment(CONFIGS / "compare_custom_chain.yaml", "compare")
+    l2, decoupled = (experiment.optimizers[k].spec["chain"] for k in ("adam_l2", "adamw"))
+    assert l2[1:] == decoupled[:-1]
+    assert list(l2[0]) == ["add_l2_regularization"] and list(decoupled[-1]) == ["decoupled_weight_decay"]
+
+    params = _mlp_params()
+    grads = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size).reshape(p.shape) * 0.3), params)
+    pairs = [
+        (experiment.optimizers["adam_l2"].build(), oc.adam_l2(1e-3, 1e-2, mask=masks.DEFAULT_DECAY)),
+        (experiment.optimizers["adamw"].build(), oc.adamw(1e-3, 1e-2, mask=masks.DEFAULT_DECAY)),
+    ]
+
+    @jax.jit
+    def three_steps(params):
+        results = []
+        for tx in [tx for pair in pairs for tx in pair]:
+            p, state = params, tx.init(params)
+            for _ in range(3):
+                updates, state = tx.update(grads, state, p)
+                p = optax.apply_updates(p, updates)
+            results.append(p)
+        return results
+
+    results = three_steps(params)
+    chex.assert_trees_all_close(results[0], results[1], rtol=1e-6)
+    chex.assert_trees_all_close(results[2], results[3], rtol=1e-6)
+
+
+def test_numbers_written_without_a_dot_and_schedules(tmp_path):
+    path = tmp_path / "opt.yaml"
+    path.write_text(
+        "optimizer:\n  preset: adamw\n"
+        "  learning_rate: {schedule: cosine_decay, init_value: 1e-3, decay_steps: 10}\n"
+        "  weight_decay: 1e-2\n  decay_scaling: schedule\n  peak_learning_rate: 1e-3\n"
+    )
+    transform = config.load_optimizer(path)
+    lr = transform.parts[-2].hyperparams["learning_rate"]
+    assert callable(lr) and float(lr(0)) == pytest.approx(1e-3)
+    assert transform.parts[-1].hyperparams["weight_decay"] == 1e-2
+
+
+def test_overrides_apply_before_validation():
+    experiment = config.load_experiment(
+        None, "compare", ["training.steps=7", "model.hidden=[4, 3]", "name=x"]
+    )
+    assert experiment.training.steps == 7 and experiment.model["hidden"] == (4, 3) and experiment.name == "x"
+
+
+BAD = [
+    (
+        "optimizer:\n  preset: adamw\n  learning_rate: 1.0e-3\n  nme: 1\n",
+        "key 'optimizer.nme' is unknown; valid keys:",
+    ),
+    (
+        "optimizer:\n  preset: adamx\n  learning_rate: 1.0\n",
+        "key 'optimizer.preset' is 'adamx'; valid choices: adagrad",
+    ),
+    ("optimizer:\n  preset: adamw\n", "key 'optimizer' is missing the required argument(s) learning_rate"),
+    (
+        "optimizer:\n  chain: [estimate_moment]\n",
+        "key 'optimizer.chain.0' names 'estimate_moment'; valid primitives:",
+    ),
+    (
+        "optimizer:\n  preset: adamw\n  learning_rate: 1.0e-3\n  mask: defualt\n",
+        "valid choices: default, all",
+    ),
+    (
+        "optimizer:\n  preset: adamw\n  learning_rate: 1.0e-3\n  mask: {name_iz: bias}\n",
+        "key 'optimizer.mask.name_iz' is unknown; valid keys: all_of, any_of, name_is",
+    ),
+    (
+        "optimizer:\n  preset: adamw\n  learning_rate: 1.0e-3\n  weight_decay: -1.0\n",
+        "key 'optimizer' is invalid: weight_decay must be a finite number >= 0, got -1.0",
+    ),
+    (
+        "optimizer:\n  preset: adamw\n  learning_rate: 1.0e-3\n  decay_scaling: lr\n",
+        "decay_scaling must be one of 'learning_rate', 'schedule', 'none'",
+    ),
+    ("optimizer: {preset: adam, learning_rate: 1.0e-3, moment_dtype: f32}\n", "valid choices: float32"),
+    ("optimizer: [1, 2\n", "is not valid YAML"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BAD)
+def test_bad_optimizer_files_give_one_line_errors(tmp_path, text, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError) as caught:
+        config.load_optimizer(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+
+
+BAD_EXPERIMENTS = [
+    (
+        "compare",
+        "traning: {steps: 3}\n",
+        "key 'traning' is unknown; valid keys: data, model, name, optimizers",
+    ),
+    ("compare", "data: {name: mnist}\n", "key 'data.name' is 'mnist'; valid choices: digits, text"),
+    (
+        "compare",
+        "model: {name: transformer}\n",
+        "key 'model.name' is 'transformer', which needs data.name 'text'",
+    ),
+    (
+        "compare",
+        "model: {name: mlp, hiden: [3]}\n",
+        "key 'model.hiden' is unknown; valid keys: hidden, layer_norm",
+    ),
+    ("compare", "training: {steps: 0}\n", "key 'training.steps' must be an integer >= 1, got 0"),
+    ("compare", "optimizers: {a: {preset: adam, learning_rate: fast}}\n", "key 'optimizers.a' is invalid"),
+    ("compare", "optimizers: {a: missing.yaml}\n", "missing.yaml: cannot be read"),
+    ("sweep", "optimizers: {a: {preset: adamw}}\n", "key 'optimizers.a.grid' needs learning_rate"),
+    (
+        "sweep",
+        "optimizers: {a: {preset: adam, grid: {learning_rate: [1.0], weight_decay: [1.0]}}}\n",
+        "key 'optimizers.a.preset' is 'adam', which has no argument 'weight_decay'",
+    ),
+    (
+        "sweep",
+        "optimizers: {a: {preset: adamw, learning_rate: 1.0,"
+        " grid: {learning_rate: [1.0], weight_decay: [1.0]}}}\n",
+        "key 'optimizers.a.learning_rate' is set by the experiment",
+    ),
+    (
+        "sweep",
+        "optimizers: {a: {preset: adamw,"
+        " grid: {learning_rate: {min: 1.0, max: 0.1, num: 3}, weight_decay: [0.0]}}}\n",
+        "key 'optimizers.a.grid.learning_rate' needs 0 < min <= max",
+    ),
+    (
+        "sweep",
+        "pairs: [[adam_l2, adamx]]\n",
+        "key 'pairs.0' names 'adamx'; valid choices: adam_l2, adamw, sgd_l2, sgdw",
+    ),
+]
+
+
+@pytest.mark.parametrize(("kind", "text", "expected"), BAD_EXPERIMENTS)
+def test_bad_experiment_files_give_one_line_errors(tmp_path, kind, text, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError) as caught:
+        config.load_experiment(path, kind)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert str(tmp_path) in message
+    assert expected in message
