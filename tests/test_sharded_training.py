@@ -16,7 +16,6 @@ argument checks run in this process.
 
 import json
 import math
-import os
 import socket
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import cpu_devices_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec
@@ -117,18 +117,7 @@ SCRIPT = textwrap.dedent(
         return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
-    def param_like_subtrees(state, params):
-        found = []
-
-        def visit(node):
-            if jax.tree.structure(node) == jax.tree.structure(params):
-                found.append(node)
-            elif isinstance(node, tuple):
-                for child in node:
-                    visit(child)
-
-        visit(state)
-        return found
+    from helpers import param_shaped_subtrees as param_like_subtrees
 
 
     def check_leaf_like(leaf, param, where):
@@ -417,14 +406,6 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _cpu_env(devices: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") and k != "XLA_FLAGS"}
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = str(EXAMPLE.parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -449,7 +430,7 @@ def _start_two_processes(workdir: Path) -> threading.Thread:
         procs.append(
             subprocess.Popen(
                 [sys.executable, str(EXAMPLE), *args, "--process-id", str(rank)],
-                env=_cpu_env(4),
+                env=cpu_devices_env(4),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=EXAMPLE.parents[1],
@@ -489,7 +470,7 @@ def sharded_run(tmp_path_factory):
     _start_two_processes(multihost).join(timeout=320)
     run = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(EXAMPLE), str(workdir), str(multihost)],
-        env=_cpu_env(8),
+        env=cpu_devices_env(8),
         capture_output=True,
         text=True,
         timeout=600,

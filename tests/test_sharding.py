@@ -5,12 +5,12 @@ starts, so it cannot be changed inside the test process. One subprocess runs eve
 starting jax is the slow part.
 """
 
-import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from helpers import cpu_devices_env
 
 CHECKS = textwrap.dedent(
     """
@@ -50,18 +50,7 @@ CHECKS = textwrap.dedent(
     DTYPES = {"row": jnp.float32, "col": jnp.bfloat16, "bias": jnp.float32}
 
 
-    def param_like_subtrees(state, params):
-        found = []
-
-        def visit(node):
-            if jax.tree.structure(node) == jax.tree.structure(params):
-                found.append(node)
-            elif isinstance(node, tuple):
-                for child in node:
-                    visit(child)
-
-        visit(state)
-        return found
+    from helpers import param_shaped_subtrees as param_like_subtrees
 
 
     def check_like(tree, params, where):
@@ -147,11 +136,8 @@ CHECKS = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def sharding_run():
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") and k != "XLA_FLAGS"}
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    env["JAX_PLATFORMS"] = "cpu"
     return subprocess.run(
-        [sys.executable, "-c", CHECKS], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", CHECKS], env=cpu_devices_env(8), capture_output=True, text=True, timeout=300
     )
 
 
