@@ -37,6 +37,7 @@ from optim_chain.presets import (
     sgd_l2,
     sgdw,
 )
+from optim_chain.single_pass import MULTI_OUTPUT_FUSION_FLAG, multi_output_fusion_enabled, single_pass
 from optim_chain.transform import Transform, chain
 from optim_chain.weight_decay import (
     DecoupledWeightDecayState,
@@ -47,6 +48,7 @@ from optim_chain.weight_decay import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "MULTI_OUTPUT_FUSION_FLAG",
     "BiasCorrectionState",
     "CenteredState",
     "DecoupledWeightDecayState",
@@ -76,11 +78,13 @@ __all__ = [
     "estimate_second_moment",
     "masks",
     "max_second_moment",
+    "multi_output_fusion_enabled",
     "normalize_by_second_moment",
     "rmsprop",
     "scale_by_learning_rate",
     "sgd",
     "sgd_l2",
     "sgdw",
+    "single_pass",
     "skip_nonfinite",
 ]
