@@ -9,6 +9,7 @@ Adam+L2 and AdamW are the same chain with the weight-decay transform in a differ
 
 from optim_chain import masks
 from optim_chain.bias_correction import BiasCorrectionState, correct_bias
+from optim_chain.fusion import MULTI_OUTPUT_FUSION_FLAG, multi_output_fusion_enabled, single_pass
 from optim_chain.learning_rate import LearningRateState, scale_by_learning_rate
 from optim_chain.masks import default_decay_mask, describe_mask
 from optim_chain.moments import (
@@ -37,7 +38,6 @@ from optim_chain.presets import (
     sgd_l2,
     sgdw,
 )
-from optim_chain.single_pass import MULTI_OUTPUT_FUSION_FLAG, multi_output_fusion_enabled, single_pass
 from optim_chain.transform import Transform, chain
 from optim_chain.weight_decay import (
     DecoupledWeightDecayState,
