@@ -7,7 +7,8 @@ In one process it measures, for each size and tree layout:
   ``28`` bytes per parameter (read params, grads, m, v; write params, m, v);
 * the jitted step ``(params, grads, state) -> (params, state)`` (``opt.update`` then
   ``optax.apply_updates``) of optim_chain's ``adamw``, ``adam_l2`` and ``adam`` against the
-  same optimizer from optax, with and without buffer donation;
+  same optimizer from optax, with and without buffer donation (and, with ``--single-pass``,
+  ``optim_chain.single_pass`` of each preset under XLA:CPU's multi-output fusion);
 * ``torch.optim`` (for-loop, foreach and fused), where installed;
 
 and reports the median milliseconds per step, the effective bytes per parameter (median time
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import gc
 import json
 import math
@@ -36,6 +38,7 @@ HYPER = {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_dec
 OPTIMIZERS = ("adamw", "adam_l2", "adam")
 LAYOUTS = ("leaf", "tree")
 DEFAULT_SIZES = "1M,10M,50M"
+SINGLE_PASS = "optim_chain single_pass"
 
 
 # ------------------------------------------------------------------------------ arguments
@@ -113,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--xla-flags",
         default="",
         help="extra XLA_FLAGS for this run (applied before jax starts its backend)",
+    )
+    parser.add_argument(
+        "--single-pass",
+        action="store_true",
+        help="also time oc.single_pass(preset); turns on XLA:CPU's multi-output fusion for the "
+        "whole run (a process-wide option: optax and the plain chains run with it too)",
     )
     parser.add_argument(
         "--quick",
@@ -317,16 +326,18 @@ def _torch_sync(torch: Any, target: str) -> Callable[[Any], None]:
 # ------------------------------------------------------------------------------ optimizers
 
 
-def optim_chain_optimizer(name: str) -> Any:
+def optim_chain_optimizer(name: str, single_pass: bool = False) -> Any:
     import optim_chain as oc
 
     h = HYPER
     common = {"b1": h["b1"], "b2": h["b2"], "eps": h["eps"]}
     if name == "adamw":
-        return oc.adamw(h["learning_rate"], weight_decay=h["weight_decay"], **common)
-    if name == "adam_l2":
-        return oc.adam_l2(h["learning_rate"], weight_decay=h["weight_decay"], **common)
-    return oc.adam(h["learning_rate"], **common)
+        opt = oc.adamw(h["learning_rate"], weight_decay=h["weight_decay"], **common)
+    elif name == "adam_l2":
+        opt = oc.adam_l2(h["learning_rate"], weight_decay=h["weight_decay"], **common)
+    else:
+        opt = oc.adam(h["learning_rate"], **common)
+    return oc.single_pass(opt) if single_pass else opt
 
 
 def optax_optimizer(name: str) -> Any:
@@ -482,31 +493,16 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                 # jax and torch are timed in separate groups: their thread pools, run in turns,
                 # slow each other down (each keeps its threads spinning after a step)
                 groups = []
+                implementations = {"optax": optax_optimizer, "optim_chain": optim_chain_optimizer}
+                if args.single_pass:
+                    implementations[SINGLE_PASS] = functools.partial(optim_chain_optimizer, single_pass=True)
                 for donate in donations:
                     label = {**base, "donated": donate}
-                    groups.append(
-                        (
-                            jax_streams,
-                            [
-                                jax_runner(
-                                    {**label, "impl": "optax"},
-                                    optax_optimizer(name),
-                                    params,
-                                    grads,
-                                    donate,
-                                    compiles,
-                                ),
-                                jax_runner(
-                                    {**label, "impl": "optim_chain"},
-                                    optim_chain_optimizer(name),
-                                    params,
-                                    grads,
-                                    donate,
-                                    compiles,
-                                ),
-                            ],
-                        )
-                    )
+                    runners = [
+                        jax_runner({**label, "impl": impl}, make(name), params, grads, donate, compiles)
+                        for impl, make in implementations.items()
+                    ]
+                    groups.append((jax_streams, runners))
                 if use_torch:
                     label = {**base, "donated": True}
                     torch_cases = [
@@ -582,7 +578,7 @@ def _line(r: dict[str, Any]) -> str:
     extra = f" compile {r['compile_s']:.2f} s" if "compile_s" in r else ""
     bandwidth = max(r["bandwidth_gb_s"].values())
     return (
-        f"  {_fmt_size(r['size']):>4} {r['layout']:<4} {r['optimizer']:<7} {r['impl']:<21} {donated:<7} "
+        f"  {_fmt_size(r['size']):>4} {r['layout']:<4} {r['optimizer']:<7} {r['impl']:<23} {donated:<7} "
         f"{r['ms']:9.2f} ms{extra} (stream {bandwidth:.1f} GB/s, load {_load()})"
     )
 
@@ -665,17 +661,17 @@ def summary(report: dict[str, Any]) -> list[str]:
     lines = [
         f"Key ratios at {_fmt_size(size)} parameters, donated buffers (ratios of median step times):",
         "",
-        "| layout | optimizer | optim_chain / optax | optim_chain / floor | optax / floor "
-        "| optim_chain / torch fused | tree / one leaf | compile optim_chain / optax |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| layout | optimizer | implementation | / optax | / floor | optax / floor "
+        "| / torch fused | tree / one leaf | compile / optax compile |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for (layout, name, impl), r in sorted(pick.items()):
-        if impl != "optim_chain":
+        if impl not in ("optim_chain", SINGLE_PASS):
             continue
         optax_ = pick.get((layout, name, "optax"))
         fused = pick.get((layout, name, "torch fused"))
         lines.append(
-            f"| {layout} | {name} | {_ratio(r['x_optax'])} | {_ratio(r['x_floor'])} | "
+            f"| {layout} | {name} | {impl} | {_ratio(r['x_optax'])} | {_ratio(r['x_floor'])} | "
             f"{_ratio(optax_ and optax_['x_floor'])} | {_ratio(fused and r['ms'] / fused['ms'])} | "
             f"{_ratio(r.get('x_one_leaf'))} | {_ratio(r.get('x_optax_compile'))} |"
         )
@@ -692,8 +688,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
     if args.compiles < 1:
         parser.error(f"--compiles must be >= 1, got {args.compiles}")
-    if args.xla_flags:
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
+    from optim_chain.fusion import MULTI_OUTPUT_FUSION_FLAG  # imports jax; its backend starts later
+
+    flags = [args.xla_flags]
+    if args.single_pass and "xla_cpu_use_multi_output_fusion" not in os.environ.get("XLA_FLAGS", ""):
+        flags.append(MULTI_OUTPUT_FUSION_FLAG)
+    extra = " ".join(f for f in flags if f)
+    if extra:
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {extra}".strip()
     # torch's OpenMP threads otherwise spin after each step and slow down whatever runs next
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import jax

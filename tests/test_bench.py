@@ -6,10 +6,13 @@ check that every case runs and that the report has what BENCHMARKS.md shows.
 
 import argparse
 import json
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
+from helpers import cpu_devices_env
 
 from optim_chain import bench
 
@@ -67,3 +70,17 @@ def test_tiny_run_writes_json_and_markdown(tmp_path):
         )
     table = (tmp_path / "bench.md").read_text()
     assert "| size | layout | optimizer |" in table and "Key ratios at 3k parameters" in table
+
+
+def test_single_pass_run_turns_on_multi_output_fusion(tmp_path):
+    # a child process: the compiler option only takes effect before jax starts its backend
+    argv = ["--sizes", "3k", "--optimizers", "adamw", "--layouts", "leaf", "--donate", "yes"]
+    argv += ["--repeats", "1", "--warmup", "0", "--compiles", "1", "--no-torch", "--single-pass"]
+    command = [sys.executable, "-m", "optim_chain.bench", *argv, "--out", str(tmp_path)]
+    done = subprocess.run(command, env=cpu_devices_env(1), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert "xla_cpu_use_multi_output_fusion" in report["machine"]["xla_flags"]
+    loops = {r["impl"]: r["array_loops"] for r in report["results"]}
+    assert loops == {"optax": 2, "optim_chain": 2, "optim_chain single_pass": 1}
+    assert "| leaf | adamw | optim_chain single_pass |" in (tmp_path / "bench.md").read_text()
