@@ -12,13 +12,17 @@ that each output is computed from the step's *inputs* alone. With XLA:CPU's mult
 switched on, the loops that read the same inputs then merge into one loop per parameter array
 that reads ``theta, g, m, v`` once and writes ``theta, m, v`` once.
 
-Two obstacles had to be taken care of. XLA's common-subexpression elimination would merge the
-recomputed ``b1 * m`` back into the stored one, and a merged, shared producer is materialized as
-a temporary array. So each group reads its inputs through its own exact identity (``x * 1``,
-``x + (-0.0)``, ``x / 1``, ``x - 0``) whose constant sits behind ``lax.optimization_barrier``:
-the expressions are distinct to the compiler, and every value is bit for bit what the plain
-transform computes (these identities are exact for every float, signed zeros, infinities and
-NaN included).
+One obstacle had to be taken care of: XLA's common-subexpression elimination would merge the
+recomputed ``b1 * m`` back into the stored one, and under multi-output fusion a producer shared
+by two outputs is written to a temporary array. So each group reads its inputs through its own
+exact identity (``x * 1``, ``x + (-0.0)``, ``x / 1``, ``x - 0``; exact for every float, signed
+zeros, infinities and NaN included) whose constant sits behind ``lax.optimization_barrier``,
+which makes the expressions distinct to the compiler.
+
+The arithmetic is the plain transform's, operation for operation. What changes is the loops it
+is compiled into, and with them the places where the compiler contracts a multiply and an add
+into one fused multiply-add: results equal the plain transform's or differ by one rounding
+(at most one unit in the last place of each array's largest entry, in the tests).
 
 Multi-output fusion is a process-wide XLA option; set it before jax starts::
 
@@ -88,9 +92,10 @@ def _shaped_like(node: Any, params: Any) -> bool:
 def single_pass(inner: optax.GradientTransformation) -> Transform:
     r"""Computes each output of ``inner`` from the step's inputs, so that a step fuses into one pass.
 
-    The result is the same transformation, bit for bit: ``single_pass(t).update`` returns
-    exactly what ``t.update`` returns, and the state is the same. Only the compiled program
-    changes. Each part of the new state shaped like the params (``m``, ``v``, a momentum buffer)
+    The result is the same transformation: ``single_pass(t).update`` performs the operations of
+    ``t.update`` and returns a state of the same structure; only the compiled program changes
+    (values equal, or one rounding apart where the compiler contracts a multiply-add
+    differently). Each part of the new state shaped like the params (``m``, ``v``, a momentum buffer)
     is computed by its own run of ``inner.update``, on inputs passed through an exact identity
     that the compiler cannot see through; the update and the remaining state (step counters)
     come from a plain run. Nothing computed elementwise is then shared between outputs, so with
@@ -116,7 +121,7 @@ def single_pass(inner: optax.GradientTransformation) -> Transform:
         # XLA_FLAGS=--xla_backend_extra_options=xla_cpu_use_multi_output_fusion
         opt = oc.single_pass(oc.adamw(1e-3, weight_decay=1e-2))
         state = opt.init(params)
-        updates, state = opt.update(grads, state, params)   # same values as oc.adamw
+        updates, state = opt.update(grads, state, params)   # oc.adamw's values
 
     Warns (``UserWarning``) when built for a CPU backend without multi-output fusion: there each
     group compiles to its own loop reading the inputs again, and the step gets slower.
