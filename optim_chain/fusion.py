@@ -29,8 +29,8 @@ Multi-output fusion is a process-wide XLA option; set it before jax starts::
     XLA_FLAGS=--xla_backend_extra_options=xla_cpu_use_multi_output_fusion python train.py
 
 Without it the groups compile to separate loops that each read the inputs again, which is
-slower than the plain transform; :func:`single_pass` warns when it is built for a CPU backend
-without the option.
+slower than the plain transform; ``single_pass(...).init`` warns on a CPU backend without the
+option.
 """
 
 from __future__ import annotations
@@ -123,19 +123,24 @@ def single_pass(inner: optax.GradientTransformation) -> Transform:
         state = opt.init(params)
         updates, state = opt.update(grads, state, params)   # oc.adamw's values
 
-    Warns (``UserWarning``) when built for a CPU backend without multi-output fusion: there each
+    ``init`` warns (``UserWarning``) on a CPU backend without multi-output fusion: there each
     group compiles to its own loop reading the inputs again, and the step gets slower.
     """
     if not (hasattr(inner, "init") and hasattr(inner, "update")):
         raise TypeError(f"single_pass takes a gradient transformation with init and update, got {inner!r}")
-    if jax.default_backend() == "cpu" and not multi_output_fusion_enabled():
-        warnings.warn(
-            "single_pass needs XLA:CPU's multi-output fusion to fuse the step into one pass; without "
-            f"it the step is slower than the plain transform. Set XLA_FLAGS={MULTI_OUTPUT_FUSION_FLAG} "
-            "before jax starts",
-            UserWarning,
-            stacklevel=2,
-        )
+
+    def init(params: Any) -> Any:
+        # checked here, not at construction: asking for the backend starts it, and a program may
+        # still have to call jax.distributed.initialize after building its optimizer
+        if jax.default_backend() == "cpu" and not multi_output_fusion_enabled():
+            warnings.warn(
+                "single_pass needs XLA:CPU's multi-output fusion to fuse the step into one pass; "
+                "without it the step is slower than the plain transform. Set "
+                f"XLA_FLAGS={MULTI_OUTPUT_FUSION_FLAG} before jax starts",
+                UserWarning,
+                stacklevel=2,
+            )
+        return inner.init(params)
 
     def update(updates: Any, state: Any, params: Any = None, **extra: Any) -> tuple[Any, Any]:
         new_updates, new_state = inner.update(updates, state, params, **extra)
@@ -150,4 +155,4 @@ def single_pass(inner: optax.GradientTransformation) -> Transform:
             nodes[index] = jax.tree.flatten(group_state, is_leaf=is_group)[0][index]
         return new_updates, jax.tree.unflatten(treedef, nodes)
 
-    return Transform(inner.init, update, name="single_pass", parts=(inner,))
+    return Transform(init, update, name="single_pass", parts=(inner,))
