@@ -40,6 +40,8 @@ CHECKS = textwrap.dedent(
             optax.linear_schedule(1e-2, 1e-3, 10), 0.1, mask=oc.default_decay_mask,
             decay_scaling="schedule", peak_learning_rate=1e-2,
         ),
+        # its runs read the inputs through a replicated scalar: the layouts must carry through
+        "single_pass_adam_l2": lambda: oc.single_pass(oc.adam_l2(1e-2, 1e-2)),
     }
     SPECS = {
         "row": P("d", None),    # sharded along the first axis
