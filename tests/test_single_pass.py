@@ -242,3 +242,27 @@ def test_one_loop_per_array_with_multi_output_fusion():
         assert plain_loops > 1 and plain_moved > least, (name, found[name])
     assert found["tree_adamw"][0] == 12  # one loop per leaf
     assert found["roundings"] <= 2.0
+
+
+def test_flax_nnx_optimizer_takes_it():
+    from flax import nnx
+
+    from optim_chain import masks, models
+
+    def train(tx):
+        model = models.NNXMLP(8, hidden=(6,), rngs=nnx.Rngs(0))
+        optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+        x = jnp.linspace(-1.0, 1.0, 32).reshape(4, 8)
+
+        @nnx.jit
+        def step(model, optimizer):
+            grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model)
+            optimizer.update(model, grads)
+
+        for _ in range(3):
+            step(model, optimizer)
+        return nnx.state(model, nnx.Param), nnx.state(optimizer)
+
+    make = lambda: oc.adamw(1e-2, 0.1, mask=masks.DEFAULT_DECAY)  # noqa: E731
+    plain, fused = train(make()), train(oc.single_pass(make()))
+    _assert_same_to_rounding(jax.tree.map(jnp.asarray, plain), jax.tree.map(jnp.asarray, fused))
