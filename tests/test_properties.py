@@ -4,7 +4,8 @@
 * AdamW with ``weight_decay=0`` is Adam, bit for bit;
 * a mask that selects nothing is no decay at all, bit for bit;
 * regrouping a chain into nested chains does not change a bit;
-* ``skip_nonfinite`` is invisible while everything is finite.
+* ``skip_nonfinite`` is invisible while everything is finite;
+* ``single_pass`` is the transform it wraps, bit for bit (eagerly; compiled, see test_single_pass).
 
 Trees have 1 to 3 leaves of rank 0 to 2 with sides 0 to 2 (so scalars and zero-size leaves are
 drawn too); hyperparameters are drawn over their valid ranges. Runs are eager, so the two sides
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes
@@ -157,3 +159,30 @@ def test_skip_nonfinite_is_invisible_on_finite_steps(shape_list, seed, preset):
     wrapped = _trajectory(build(skip_nonfinite=True), params, seed)
     chex.assert_trees_all_equal(wrapped, _trajectory(build(), params, seed))
     assert all(jnp.issubdtype(x.dtype, jnp.floating) for x in jax.tree.leaves(wrapped))
+
+
+@SETTINGS
+@given(
+    shape_list=shapes,
+    seed=st.integers(0, 2**16),
+    preset=st.sampled_from(["adamw", "adam_l2", "amsgrad", "sgdw", "rmsprop", "adagrad"]),
+    lr=learning_rates,
+    wd=weight_decays,
+    b1=decays,
+    b2=decays,
+)
+@pytest.mark.filterwarnings("ignore:single_pass needs:UserWarning")
+def test_single_pass_is_the_same_transform(shape_list, seed, preset, lr, wd, b1, b2):
+    build = {
+        "adamw": lambda: oc.adamw(lr, wd, b1=b1, b2=b2),
+        "adam_l2": lambda: oc.adam_l2(lr, wd, b1=b1, b2=b2),
+        "amsgrad": lambda: oc.adamw(lr, wd, b1=b1, b2=b2, amsgrad=True),
+        "sgdw": lambda: oc.sgdw(lr, wd, momentum=b1),
+        "rmsprop": lambda: oc.rmsprop(lr, decay=b2, centered=True, momentum=b1),
+        "adagrad": lambda: oc.adagrad(lr),
+    }[preset]
+    params = _tree(shape_list, seed)
+    # eager: every operation runs on its own, so nothing but the exact identities tells them apart
+    chex.assert_trees_all_equal(
+        _trajectory(oc.single_pass(build()), params, seed), _trajectory(build(), params, seed)
+    )
