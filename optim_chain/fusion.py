@@ -108,7 +108,7 @@ def single_pass(inner: optax.GradientTransformation) -> Transform:
 
     Tracing costs one run of ``inner.update`` per group (three for Adam); the compiler removes
     what each run does not need. Up to four groups get their own run; a fifth and later share
-    the plain run (still exact, no longer one pass).
+    the plain run (the same values, no longer one pass).
 
     Args:
       inner: any gradient transformation: a preset, a chain of primitives, an optax optimizer.
@@ -146,7 +146,7 @@ def single_pass(inner: optax.GradientTransformation) -> Transform:
         new_updates, new_state = inner.update(updates, state, params, **extra)
         if params is None:
             return new_updates, new_state
-        is_group = lambda node: _shaped_like(node, params)  # noqa: E731
+        is_group = lambda node: _shaped_like(node, params)
         nodes, treedef = jax.tree.flatten(new_state, is_leaf=is_group)
         groups = [i for i, node in enumerate(nodes) if is_group(node)][: len(_IDENTITIES)]
         for group, index in enumerate(groups):
