@@ -60,6 +60,24 @@ def per_dtype(make: Any) -> Any:
     return get
 
 
+def shaped_like(params: Any) -> Any:
+    """A predicate: whether a node has ``params``' tree structure and leaf shapes (``m``, ``v``, a buffer).
+
+    The structure and shapes of ``params`` are read once; use it as ``is_leaf`` to stop a
+    flattening of an optimizer state at its params-shaped parts.
+    """
+    structure = jax.tree.structure(params)
+    shapes = [np.shape(x) for x in jax.tree.leaves(params)]
+
+    def check(node: Any) -> bool:
+        if jax.tree.structure(node) != structure:
+            return False
+        leaves = jax.tree.leaves(node)
+        return bool(leaves) and [np.shape(x) for x in leaves] == shapes
+
+    return check
+
+
 def increment(count: jax.Array) -> jax.Array:
     """Adds one to an int32 step counter, saturating at the largest int32 instead of wrapping."""
     return jnp.where(count < INT32_MAX, count + 1, INT32_MAX).astype(jnp.int32)

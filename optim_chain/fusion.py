@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optim_chain._tree import shaped_like
 from optim_chain.transform import Transform
 
 #: The XLA flag that turns on multi-output fusion in XLA:CPU.
@@ -79,14 +80,6 @@ def _through_identity(tree: Any, group: int) -> Any:
         return operation(x, constants[dtype])
 
     return jax.tree.map(leaf, tree)
-
-
-def _shaped_like(node: Any, params: Any) -> bool:
-    """Whether ``node`` has the params' tree structure and leaf shapes (a moment, a buffer)."""
-    if jax.tree.structure(node) != jax.tree.structure(params):
-        return False
-    leaves = jax.tree.leaves(node)
-    return bool(leaves) and all(np.shape(a) == np.shape(b) for a, b in zip(leaves, jax.tree.leaves(params)))
 
 
 def single_pass(inner: optax.GradientTransformation) -> Transform:
@@ -146,7 +139,7 @@ def single_pass(inner: optax.GradientTransformation) -> Transform:
         new_updates, new_state = inner.update(updates, state, params, **extra)
         if params is None:
             return new_updates, new_state
-        is_group = lambda node: _shaped_like(node, params)
+        is_group = shaped_like(params)
         nodes, treedef = jax.tree.flatten(new_state, is_leaf=is_group)
         groups = [i for i, node in enumerate(nodes) if is_group(node)][: len(_IDENTITIES)]
         for group, index in enumerate(groups):

@@ -8,22 +8,15 @@ from pathlib import Path
 
 import jax
 
+from optim_chain._tree import shaped_like
+
 TESTS_DIR = Path(__file__).resolve().parent
 
 
 def param_shaped_subtrees(state, params):
-    """Every part of ``state`` with exactly the params' tree structure (moments, buffers)."""
-    found = []
-
-    def visit(node):
-        if jax.tree.structure(node) == jax.tree.structure(params):
-            found.append(node)
-        elif isinstance(node, tuple):
-            for child in node:
-                visit(child)
-
-    visit(state)
-    return found
+    """Every part of ``state`` with exactly the params' tree structure and shapes (moments, buffers)."""
+    is_part = shaped_like(params)
+    return [node for node in jax.tree.flatten(state, is_leaf=is_part)[0] if is_part(node)]
 
 
 def cpu_devices_env(devices: int) -> dict[str, str]:
