@@ -463,6 +463,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     use_torch = not args.no_torch and _torch_device(device) is not None
     torch = _torch() if use_torch else None
 
+    implementations = {"optax": optax_optimizer, "optim_chain": optim_chain_optimizer}
+    if args.single_pass:
+        implementations[SINGLE_PASS] = functools.partial(optim_chain_optimizer, single_pass=True)
+
     report: dict[str, Any] = {"machine": machine_info(device), "hyperparameters": HYPER, "results": []}
     report["settings"] = {
         "sizes": sizes,
@@ -493,9 +497,6 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                 # jax and torch are timed in separate groups: their thread pools, run in turns,
                 # slow each other down (each keeps its threads spinning after a step)
                 groups = []
-                implementations = {"optax": optax_optimizer, "optim_chain": optim_chain_optimizer}
-                if args.single_pass:
-                    implementations[SINGLE_PASS] = functools.partial(optim_chain_optimizer, single_pass=True)
                 for donate in donations:
                     label = {**base, "donated": donate}
                     runners = [
@@ -688,14 +689,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
     if args.compiles < 1:
         parser.error(f"--compiles must be >= 1, got {args.compiles}")
-    from optim_chain.fusion import MULTI_OUTPUT_FUSION_FLAG  # imports jax; its backend starts later
+    # imports jax, whose backend (which reads XLA_FLAGS) starts later
+    from optim_chain.fusion import MULTI_OUTPUT_FUSION_FLAG, multi_output_fusion_enabled
 
-    flags = [args.xla_flags]
-    if args.single_pass and "xla_cpu_use_multi_output_fusion" not in os.environ.get("XLA_FLAGS", ""):
-        flags.append(MULTI_OUTPUT_FUSION_FLAG)
-    extra = " ".join(f for f in flags if f)
-    if extra:
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {extra}".strip()
+    def add_xla_flags(flags: str) -> None:
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+
+    if args.xla_flags:
+        add_xla_flags(args.xla_flags)
+    if args.single_pass and not multi_output_fusion_enabled():
+        add_xla_flags(MULTI_OUTPUT_FUSION_FLAG)
     # torch's OpenMP threads otherwise spin after each step and slow down whatever runs next
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import jax

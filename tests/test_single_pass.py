@@ -75,14 +75,6 @@ def _run(opt, params, steps, grads_scale=1.0):
     return history
 
 
-def _assert_identical(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        assert x.dtype == y.dtype and x.shape == y.shape
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # NaN equals NaN, -0 must be -0
-        assert np.array_equal(np.signbit(np.asarray(x)), np.signbit(np.asarray(y)))
-
-
 def _assert_same_to_rounding(a, b):
     """Equal leaf by leaf to one rounding of each float leaf's largest entry; other leaves exactly."""
     assert jax.tree.structure(a) == jax.tree.structure(b)
