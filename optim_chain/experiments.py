@@ -222,6 +222,14 @@ def _compare_table(results: dict[str, Any]) -> str:
     return _markdown_table(header, rows)
 
 
+def _chain_listing(title: str, results: dict[str, Any]) -> list[str]:
+    """A markdown section that prints every optimizer's chain."""
+    lines = [f"## {title}", ""]
+    for label, r in results.items():
+        lines += [f"**{label}**", "", "```", r["chain"], "```", ""]
+    return lines
+
+
 def _compare_summary(
     experiment: Experiment, results: dict[str, Any], table: str, wall: float, path: Path
 ) -> str:
@@ -258,9 +266,7 @@ def _compare_summary(
     lines += ["", "![training curves](curves.png)", ""]
     if (path / "effective_decay.png").exists():
         lines += ["![effective decay](effective_decay.png)", ""]
-    lines += ["## Chains", ""]
-    for label, r in results.items():
-        lines += [f"**{label}**", "", "```", r["chain"], "```", ""]
+    lines += _chain_listing("Chains", results)
     return "\n".join(lines)
 
 
@@ -496,7 +502,5 @@ def _sweep_summary(
             for lr, wd in zip(r["learning_rates"], r["separability"]["best_weight_decay"])
         )
         lines.append(f"- {label}: {pairs}")
-    lines += ["", "## Chains (shown at the first grid point)", ""]
-    for label, r in results.items():
-        lines += [f"**{label}**", "", "```", r["chain"], "```", ""]
+    lines += ["", *_chain_listing("Chains (shown at the first grid point)", results)]
     return "\n".join(lines)
