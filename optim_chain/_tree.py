@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import jax
@@ -11,18 +12,38 @@ import numpy as np
 INT32_MAX = jnp.iinfo(jnp.int32).max
 
 
+def state_dtype(param_dtype: Any, dtype: Any = None) -> np.dtype:
+    """The dtype a buffer for a ``param_dtype`` leaf is stored in, given a requested ``dtype``.
+
+    ``None`` keeps the parameter's dtype. A real ``dtype`` asked for a complex parameter gives
+    the complex dtype of that precision (``float32`` -> ``complex64``): a complex buffer holds
+    one real buffer per component, as ``torch.view_as_real`` sees it.
+    """
+    param_dtype = np.dtype(param_dtype)
+    if dtype is None:
+        return param_dtype
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(param_dtype, jnp.complexfloating) and not jnp.issubdtype(dtype, jnp.complexfloating):
+        return jnp.promote_types(dtype, jnp.complex64)
+    return dtype
+
+
 def zeros_like(tree: Any, dtype: Any = None) -> Any:
     """Zeros shaped like ``tree``'s leaves that keep each leaf's sharding, also under ``jax.jit``.
 
     ``jnp.zeros_like`` of a traced array has no data dependence on it, so inside ``jit`` the
     compiler is free to place the result on one device. Deriving the zeros from the leaf
     itself (``|x * 0|``, with non-finite entries replaced) makes sharding propagation carry the
-    leaf's layout over to the state, and still yields exact positive zeros.
+    leaf's layout over to the state, and still yields exact positive zeros. An abstract leaf
+    (``jax.ShapeDtypeStruct``) gives concrete zeros of its shape, on its sharding when it names
+    one. ``dtype`` is read by :func:`state_dtype` (complex leaves keep complex buffers).
     """
 
-    def leaf_zeros(x: jax.Array) -> jax.Array:
+    def leaf_zeros(x: Any) -> jax.Array:
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jnp.zeros(x.shape, state_dtype(x.dtype, dtype), device=x.sharding)
         x = jnp.asarray(x)
-        target = x.dtype if dtype is None else jnp.dtype(dtype)
+        target = state_dtype(x.dtype, dtype)
         if not jnp.issubdtype(x.dtype, jnp.inexact):
             return jnp.zeros(x.shape, target)
         return jnp.where(jnp.isfinite(x), jnp.abs(x * 0), 0).astype(target)
@@ -31,8 +52,13 @@ def zeros_like(tree: Any, dtype: Any = None) -> Any:
 
 
 def full_like(tree: Any, value: float, dtype: Any = None) -> Any:
-    """Like :func:`zeros_like` but filled with ``value``."""
-    return jax.tree.map(lambda z: z + jnp.asarray(value, z.dtype), zeros_like(tree, dtype))
+    """Like :func:`zeros_like` but filled with ``value``; both components of a complex leaf hold it."""
+
+    def fill(z: jax.Array) -> jax.Array:
+        complex_leaf = jnp.issubdtype(z.dtype, jnp.complexfloating)
+        return z + jnp.asarray(complex(value, value) if complex_leaf else value, z.dtype)
+
+    return jax.tree.map(fill, zeros_like(tree, dtype))
 
 
 def map_pair(fn: Any, tree: Any, *others: Any) -> tuple[Any, Any]:
@@ -84,12 +110,21 @@ def increment(count: jax.Array) -> jax.Array:
 
 
 def compute_dtype(dtype: Any) -> jnp.dtype:
-    """The dtype in which scalar factors for a ``dtype`` leaf are computed (at least float32)."""
+    """The dtype in which a ``dtype`` leaf's arithmetic runs: at least float32 (complex stays complex)."""
     return jnp.promote_types(dtype, jnp.float32)
 
 
+def scalar_dtype(dtype: Any) -> jnp.dtype:
+    """The real dtype of the scalar factors (rates, decays) applied to a ``dtype`` leaf.
+
+    That of :func:`compute_dtype`, or its real counterpart for a complex leaf: hyperparameters
+    are real, and a real factor scales both components of a complex entry alike.
+    """
+    return jnp.dtype(jnp.finfo(compute_dtype(dtype)).dtype)
+
+
 def path_to_str(path: tuple[Any, ...]) -> str:
-    """Joins a jax key path with ``/``, dropping the ``.value`` of Flax NNX variables."""
+    """Joins a jax key path with ``/``: dict keys, sequence indices and attribute names as they are."""
     parts = []
     for key in path:
         if isinstance(key, jax.tree_util.DictKey):
@@ -102,14 +137,40 @@ def path_to_str(path: tuple[Any, ...]) -> str:
             parts.append(str(key.key))
         else:
             parts.append(str(key))
-    while parts and parts[-1] in ("value", "raw_value"):
-        parts.pop()
     return "/".join(parts)
 
 
+def _is_nnx_variable(node: Any) -> bool:
+    """Whether ``node`` is a Flax NNX ``Variable`` (``nnx.Param``, ``nnx.BatchStat`` ...).
+
+    Read from ``sys.modules``: when flax.nnx was never imported no such object can exist, and
+    the library does not import Flax for it.
+    """
+    nnx = sys.modules.get("flax.nnx")
+    return nnx is not None and isinstance(node, nnx.Variable)
+
+
+def leaves_with_paths(tree: Any) -> list[tuple[str, Any]]:
+    """Every leaf of ``tree`` with its ``/``-joined path, in flattening order.
+
+    A Flax NNX ``Variable`` is named by where it sits, not by the attribute holding its array
+    (``"Linear_0/kernel"``, not ``"Linear_0/kernel/value"``). Every other key is kept, so a
+    leaf that is really named ``value`` (an Equinox field, a linen ``self.param("value")``)
+    keeps its name.
+    """
+    items = []
+    for path, node in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_nnx_variable)[0]:
+        name = path_to_str(path)
+        if _is_nnx_variable(node):
+            items.extend((name, leaf) for leaf in jax.tree.leaves(node))
+        else:
+            items.append((name, node))
+    return items
+
+
 def leaf_paths(tree: Any) -> list[str]:
-    """The ``/``-joined path of every leaf of ``tree``, in flattening order."""
-    return [path_to_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    """The ``/``-joined path of every leaf of ``tree``, in flattening order (:func:`leaves_with_paths`)."""
+    return [name for name, _ in leaves_with_paths(tree)]
 
 
 def check_same_structure(updates: Any, params: Any, what: str = "updates", against: str = "params") -> None:
@@ -148,10 +209,10 @@ def check_matching(updates: Any, reference: Any, what: str = "updates", against:
     gradient of shape ``(3, 1)`` against a state of shape ``(3,)`` would broadcast silently.
     """
     check_same_structure(updates, reference, what, against)
-    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(updates)[0], jax.tree.leaves(reference)):
+    for (path, a), b in zip(leaves_with_paths(updates), jax.tree.leaves(reference)):
         if np.shape(a) != np.shape(b):
             raise ValueError(
-                f"{what} leaf {path_to_str(path)!r} has shape {tuple(np.shape(a))} but {against} has "
+                f"{what} leaf {path!r} has shape {tuple(np.shape(a))} but {against} has "
                 f"shape {tuple(np.shape(b))} there"
             )
 
@@ -161,19 +222,33 @@ def leaf_dtype(leaf: Any) -> np.dtype:
     return np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.result_type(leaf)
 
 
-def check_float_params(params: Any, transform: str) -> None:
-    """Raises a ``TypeError`` naming the first leaf of ``params`` that is not real floating point.
+def _is_numeric(leaf: Any) -> bool:
+    """Whether ``leaf`` is an array, an abstract array or a number (not a function, string ...)."""
+    return (hasattr(leaf, "dtype") and hasattr(leaf, "shape")) or isinstance(leaf, (int, float, complex))
 
-    Integer and boolean leaves (step counters, masks, token ids) have no gradient step to take:
-    an optimizer state for them would be integer moments and truncated updates, silently wrong.
-    They must be kept out of the optimized tree instead.
+
+def check_float_params(params: Any, transform: str) -> None:
+    """Raises a ``TypeError`` naming the first leaf of ``params`` that is not floating point.
+
+    Real and complex floating-point leaves are optimized (complex ones as pairs of reals, like
+    ``torch.view_as_real``). Integer and boolean leaves (step counters, masks, token ids) have
+    no gradient step to take: an optimizer state for them would be integer moments and
+    truncated updates, silently wrong. Functions, strings and other non-array leaves (an
+    unfiltered Equinox model holds its activation functions and sizes) are not parameters.
+    Either must be kept out of the optimized tree.
     """
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        dtype = leaf_dtype(leaf)
-        if not jnp.issubdtype(dtype, jnp.floating):
+    for path, leaf in leaves_with_paths(params):
+        if not _is_numeric(leaf):
             raise TypeError(
-                f"{transform}: parameter {path_to_str(path)!r} has dtype {np.dtype(dtype).name}; only "
-                "real floating-point leaves can be optimized. Keep integer, boolean and complex leaves "
-                "out of the params given to the optimizer (filter the tree, or wrap the optimizer in "
-                "optax.masked)"
+                f"{transform}: parameter {path!r} is a {type(leaf).__name__}, not an array. Give the "
+                "optimizer only the arrays of a model: for Equinox, eqx.filter(model, eqx.is_array); for "
+                "Flax NNX, nnx.state(model, nnx.Param)"
+            )
+        dtype = leaf_dtype(leaf)
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(
+                f"{transform}: parameter {path!r} has dtype {np.dtype(dtype).name}; only "
+                "floating-point (real or complex) leaves can be optimized. Keep integer and boolean "
+                "leaves out of the params given to the optimizer (filter the tree, for Equinox "
+                "eqx.filter(model, eqx.is_inexact_array), or wrap the optimizer in optax.masked)"
             )

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from optim_chain import _validation
-from optim_chain._tree import check_float_params, compute_dtype, increment, per_dtype
+from optim_chain._tree import check_float_params, compute_dtype, increment, per_dtype, scalar_dtype
 from optim_chain.moments import MomentEstimates, _expect_moments
 from optim_chain.transform import Transform
 
@@ -34,7 +34,7 @@ def _factor(decay: Any, step: jax.Array, dtype: Any) -> jax.Array:
 def _correct(moment: jax.Array, factor: Any) -> jax.Array:
     """``moment / (1 - decay**step)``; ``factor(dtype)`` gives the divisor in at least float32."""
     dtype = compute_dtype(moment.dtype)
-    return (moment.astype(dtype) / factor(dtype)).astype(moment.dtype)
+    return (moment.astype(dtype) / factor(scalar_dtype(dtype))).astype(moment.dtype)
 
 
 def correct_bias(b1: float = 0.9, b2: float = 0.999) -> Transform:

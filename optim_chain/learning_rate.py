@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from optim_chain import _validation
-from optim_chain._tree import check_float_params, check_matching, compute_dtype, increment, per_dtype
+from optim_chain._tree import check_float_params, check_matching, increment, per_dtype, scalar_dtype
 from optim_chain.moments import _expect_step
 from optim_chain.transform import Transform
 
@@ -29,7 +29,8 @@ def scale_by_learning_rate(learning_rate: float | Callable[[jax.Array], Any]) ->
     Args:
       learning_rate: a constant ``>= 0`` or an optax schedule ``step -> lr`` (the first update
         uses ``lr(0)``, as in optax). With a schedule the state is a :class:`LearningRateState`
-        counting steps; with a constant it is ``optax.EmptyState()``.
+        counting steps; with a constant it is ``optax.EmptyState()``. ``updates=None`` passes
+        through as ``None`` (the schedule still counts the step).
 
     Example::
 
@@ -49,14 +50,14 @@ def scale_by_learning_rate(learning_rate: float | Callable[[jax.Array], Any]) ->
     def update(updates: Any, state: LearningRateState, params: Any = None, **extra: Any):
         del extra
         _expect_step("scale_by_learning_rate", updates)
-        if params is not None:
+        if params is not None and updates is not None:
             check_matching(updates, params)
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
 
         negative_lr = per_dtype(lambda dtype: -jnp.asarray(lr, dtype))
 
         def scale(u: jax.Array) -> jax.Array:
-            return (negative_lr(compute_dtype(u.dtype)) * u).astype(u.dtype)
+            return (negative_lr(scalar_dtype(u.dtype)) * u).astype(u.dtype)
 
         if not callable(learning_rate):
             return jax.tree.map(scale, updates), state

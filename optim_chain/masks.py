@@ -7,7 +7,13 @@ A *predicate* answers, for one leaf, whether it is selected, from the leaf's ``/
 * a predicate (evaluated on the params' paths when the optimizer is initialised),
 * a callable ``params -> bool pytree`` (optax's convention), for example
   :func:`default_decay_mask`,
-* a bool pytree with the params' structure.
+* a bool pytree with the params' structure. As in optax, a value counts as a callable only
+  when it is not a tree of bools: an Equinox module of bools (callable, being a module) is a
+  tree.
+
+Paths join dict keys, sequence indices and attribute names with ``/``. A Flax NNX ``Variable``
+is named by its place (``"linear/kernel"``); no other key is dropped, so a leaf really named
+``value`` keeps that name. The mask is resolved, and checked against the params, at ``init``.
 
 Example::
 
@@ -28,7 +34,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from optim_chain._tree import path_to_str
+from optim_chain._tree import leaves_with_paths
 
 __all__ = [
     "Predicate",
@@ -40,6 +46,7 @@ __all__ = [
     "DEFAULT_DECAY",
     "mask_from_predicate",
     "default_decay_mask",
+    "is_mask_function",
     "resolve_mask",
     "describe_mask",
 ]
@@ -116,12 +123,12 @@ def name_is(*names: str) -> Predicate:
 
 def ndim_at_least(n: int) -> Predicate:
     """Selects leaves with ``ndim >= n`` (``n=2``: matrices, kernels, embeddings)."""
-    return Predicate(lambda path, leaf: np.ndim(leaf) >= n, f"ndim_at_least({n})")
+    return Predicate(lambda path, leaf: len(np.shape(leaf)) >= n, f"ndim_at_least({n})")
 
 
 def ndim_at_most(n: int) -> Predicate:
     """Selects leaves with ``ndim <= n`` (``n=1``: biases, norm scales, scalars)."""
-    return Predicate(lambda path, leaf: np.ndim(leaf) <= n, f"ndim_at_most({n})")
+    return Predicate(lambda path, leaf: len(np.shape(leaf)) <= n, f"ndim_at_most({n})")
 
 
 def everything() -> Predicate:
@@ -129,48 +136,59 @@ def everything() -> Predicate:
     return Predicate(lambda path, leaf: True, "everything()")
 
 
-#: The rule behind :func:`default_decay_mask`: decay kernels, weight matrices and embeddings;
-#: skip biases, the scale and bias of every normalisation layer (LayerNorm, RMSNorm, BatchNorm,
-#: GroupNorm: Flax names them ``scale``/``bias``; a parent module whose name contains "norm"
-#: is also recognised) and any other vector or scalar. Its parts are alternatives that need not
+#: The rule behind :func:`default_decay_mask`: decay what has two or more dimensions (weight
+#: matrices, convolution kernels, embeddings), whatever the model library calls it; never a
+#: vector or a scalar (biases, the scale and bias of LayerNorm, RMSNorm, BatchNorm, GroupNorm in
+#: Flax, Equinox and Hugging Face models). Two exceptions among the matrices: a leaf named
+#: ``bias`` or ``scale`` (Equinox's convolution bias has shape ``(channels, 1, 1)``) and a leaf
+#: directly inside a module whose name contains "norm". Its parts are alternatives that need not
 #: all occur in one model, so :func:`describe_mask` does not warn about them.
 _DEFAULT_RULE = (
-    ~name_is("bias", "scale")
-    & ~path_matches(r"(?i)(^|/)[^/]*norm[^/]*/[^/]+$")
-    & (name_is("kernel", "embedding", "weight") | ndim_at_least(2))
+    ndim_at_least(2) & ~name_is("bias", "scale") & ~path_matches(r"(?i)(^|/)[^/]*norm[^/]*/[^/]+$")
 )
 DEFAULT_DECAY: Predicate = Predicate(_DEFAULT_RULE, _DEFAULT_RULE.description, atoms=())
 
 
 def mask_from_predicate(predicate: Predicate, params: Any) -> Any:
     """The bool pytree that ``predicate`` gives on ``params`` (same structure as ``params``)."""
-    return jax.tree_util.tree_map_with_path(lambda p, x: predicate(path_to_str(p), x), params)
+    flags = [predicate(path, leaf) for path, leaf in leaves_with_paths(params)]
+    return jax.tree.unflatten(jax.tree.structure(params), flags)
 
 
 def default_decay_mask(params: Any) -> Any:
-    """Decay mask for Flax linen dicts, ``FrozenDict`` and NNX ``State``: see :data:`DEFAULT_DECAY`.
+    """Decay mask for linen dicts, ``FrozenDict``, NNX ``State``, Equinox modules and HF Flax params.
 
-    Usable wherever optax expects a mask callable: ``oc.adamw(1e-3, mask=default_decay_mask)``.
+    See :data:`DEFAULT_DECAY`: matrices, kernels and embeddings decay, vectors and scalars do
+    not. Usable wherever optax expects a mask callable: ``oc.adamw(1e-3, mask=default_decay_mask)``.
     """
     return mask_from_predicate(DEFAULT_DECAY, params)
+
+
+def is_mask_function(mask: Any) -> bool:
+    """Whether ``mask`` is a function ``params -> mask`` rather than a mask tree (optax's rule).
+
+    A value is a function when every one of its pytree leaves is callable. An ``eqx.Module`` is
+    callable but its leaves (here bools) are not, so a module of bools is a tree.
+    """
+    leaves = jax.tree.leaves(mask)
+    return bool(leaves) and all(callable(leaf) for leaf in leaves)
 
 
 def resolve_mask(mask: Any, params: Any, argument: str = "mask") -> list[bool]:
     """Turns any accepted mask form into one Python bool per leaf of ``params`` (flatten order).
 
     Raises:
-      ValueError: the mask's structure differs from the params' (naming the first path that
-        differs), or a leaf is not a boolean.
+      ValueError: the mask's structure differs from the params' (naming the paths that
+        differ), or a leaf is not a boolean.
     """
     if mask is None:
         return [True] * len(jax.tree.leaves(params))
     if isinstance(mask, Predicate):
-        return [mask(path_to_str(p), x) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]]
-    tree = mask(params) if callable(mask) else mask
-    param_items = jax.tree_util.tree_flatten_with_path(params)[0]
-    mask_items = jax.tree_util.tree_flatten_with_path(tree)[0]
-    param_paths = [path_to_str(p) for p, _ in param_items]
-    mask_paths = [path_to_str(p) for p, _ in mask_items]
+        return [mask(path, leaf) for path, leaf in leaves_with_paths(params)]
+    tree = mask(params) if is_mask_function(mask) else mask
+    param_paths = [path for path, _ in leaves_with_paths(params)]
+    mask_items = leaves_with_paths(tree)
+    mask_paths = [path for path, _ in mask_items]
     if param_paths != mask_paths:
         missing = sorted(set(param_paths) - set(mask_paths))
         extra = sorted(set(mask_paths) - set(param_paths))
@@ -186,7 +204,7 @@ def resolve_mask(mask: Any, params: Any, argument: str = "mask") -> list[bool]:
             f"{len(param_paths)} params leaves); " + "; ".join(detail)
         )
     flags = []
-    for path, value in zip(mask_paths, (x for _, x in mask_items)):
+    for path, value in mask_items:
         if isinstance(value, jax.core.Tracer) or np.ndim(value) != 0:
             raise TypeError(
                 f"{argument} leaf {path!r} must be a Python bool, got {type(value).__name__} "
@@ -211,11 +229,8 @@ def describe_mask(params: Any, mask: Any = default_decay_mask, *, warn: bool = T
       The table as text, ending with a count of decayed leaves and parameters.
     """
     flags = resolve_mask(mask, params)
-    items = jax.tree_util.tree_flatten_with_path(params)[0]
-    rows = [
-        (path_to_str(p), str(tuple(np.shape(x))), str(getattr(x, "dtype", type(x).__name__)))
-        for p, x in items
-    ]
+    items = leaves_with_paths(params)
+    rows = [(p, str(tuple(np.shape(x))), str(getattr(x, "dtype", type(x).__name__))) for p, x in items]
     width = max([len("path")] + [len(r[0]) for r in rows])
     shape_width = max([len("shape")] + [len(r[1]) for r in rows])
     lines = [f"{'path':<{width}}  {'shape':<{shape_width}}  {'dtype':<8}  decays"]
@@ -225,8 +240,7 @@ def describe_mask(params: Any, mask: Any = default_decay_mask, *, warn: bool = T
     total = sum(int(np.size(x)) for _, x in items)
     lines.append(f"{sum(flags)} of {len(flags)} leaves decay ({decayed:,} of {total:,} parameters)")
     if warn and isinstance(mask, Predicate):
-        paths_and_leaves = [(path_to_str(p), x) for p, x in items]
         for atom in mask.atoms:
-            if not any(atom(p, x) for p, x in paths_and_leaves):
+            if not any(atom(p, x) for p, x in items):
                 warnings.warn(f"mask pattern {atom.description} matches no parameter", stacklevel=2)
     return "\n".join(lines)

@@ -21,6 +21,11 @@ arithmetic, decay rates included, runs in at least float32 and is rounded once w
 ``MomentEstimates`` passed on are in the wider of the gradient's and the state's dtypes (float32
 moments for bfloat16 gradients give float32 estimates, and so float32 updates, as in optax).
 
+Complex parameters are pairs of reals, as in ``torch.optim``: ``g^2`` is taken per component
+(``a^2 + i b^2`` for ``g = a + ib``), so each component has its own second moment, stored as
+the real and imaginary parts of a complex state (a real ``moment_dtype`` gives the complex dtype
+of that precision).
+
 Every ``update`` checks that the incoming tree has the structure and leaf shapes of the state
 (built from the params at ``init``) and raises a ``ValueError`` naming the paths otherwise; every
 ``init`` refuses non-floating-point leaves with a ``TypeError`` naming the path.
@@ -35,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optim_chain import _validation
+from optim_chain._complex import componentwise, square
 from optim_chain._tree import (
     check_float_params,
     check_matching,
@@ -43,6 +49,8 @@ from optim_chain._tree import (
     leaf_dtype,
     map_pair,
     per_dtype,
+    scalar_dtype,
+    state_dtype,
     zeros_like,
 )
 from optim_chain.transform import Transform
@@ -88,9 +96,9 @@ _GRADIENTS, _STATE = "gradients", "the params given to init"
 
 
 def _ema(
-    decay: Any, average: jax.Array, value: jax.Array, square: bool = False
+    decay: Any, average: jax.Array, value: jax.Array, squared: bool = False
 ) -> tuple[jax.Array, jax.Array]:
-    """``decay * average + (1 - decay) * value`` (``value**2`` with ``square``).
+    """``decay * average + (1 - decay) * value`` (``value**2``, per component, with ``squared``).
 
     ``decay`` is a number or ``dtype -> (decay, 1 - decay)`` (from :func:`_ema_weights`, which
     builds the two scalars once for all leaves). The arithmetic, ``decay`` included, runs in at
@@ -101,9 +109,10 @@ def _ema(
     emitted = jnp.promote_types(average.dtype, value.dtype)
     dtype = compute_dtype(emitted)
     x = value.astype(dtype)
-    if square:
-        x = jnp.square(x)
-    d, one_minus_d = decay(dtype) if callable(decay) else _weights(decay, dtype)
+    if squared:
+        x = square(x)
+    real = scalar_dtype(dtype)
+    d, one_minus_d = decay(real) if callable(decay) else _weights(decay, real)
     new = d * average.astype(dtype) + one_minus_d * x
     return new.astype(average.dtype), new.astype(emitted)
 
@@ -124,8 +133,8 @@ def _check_decay(name: str, decay: Any, params: Any, moment_dtype: Any) -> None:
     if not _validation.is_number(decay):
         return
     for param_dtype in {leaf_dtype(leaf) for leaf in jax.tree.leaves(params)}:
-        stored = jnp.dtype(param_dtype if moment_dtype is None else moment_dtype)
-        dtype = compute_dtype(jnp.promote_types(stored, param_dtype))
+        stored = state_dtype(param_dtype, moment_dtype)
+        dtype = scalar_dtype(jnp.promote_types(stored, param_dtype))
         if float(np.asarray(decay, dtype)) == 1.0:
             raise ValueError(
                 f"{name}={decay!r} rounds to 1 in {dtype.name}, so the average would never change; "
@@ -177,7 +186,7 @@ def estimate_moments(b1: float = 0.9, b2: float = 0.999, moment_dtype: Any = Non
         check_matching(updates, state.mu, _GRADIENTS, _STATE)
         w1, w2 = _ema_weights(b1), _ema_weights(b2)
         mu, first = map_pair(lambda m, g: _ema(w1, m, g), state.mu, updates)
-        nu, second = map_pair(lambda v, g: _ema(w2, v, g, square=True), state.nu, updates)
+        nu, second = map_pair(lambda v, g: _ema(w2, v, g, squared=True), state.nu, updates)
         return MomentEstimates(first, second), MomentsState(mu=mu, nu=nu)
 
     return Transform(
@@ -218,7 +227,7 @@ def estimate_second_moment(decay: float = 0.99, moment_dtype: Any = None) -> Tra
         _expect_gradients("estimate_second_moment", updates)
         check_matching(updates, state.nu, _GRADIENTS, _STATE)
         weights = _ema_weights(decay)
-        nu, second = map_pair(lambda v, g: _ema(weights, v, g, square=True), state.nu, updates)
+        nu, second = map_pair(lambda v, g: _ema(weights, v, g, squared=True), state.nu, updates)
         return MomentEstimates(updates, second), SecondMomentState(nu=nu)
 
     return Transform(
@@ -250,7 +259,7 @@ def accumulate_second_moment(initial_value: float = 0.0, moment_dtype: Any = Non
     def accumulate(s: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
         emitted = jnp.promote_types(s.dtype, g.dtype)
         dtype = compute_dtype(emitted)
-        new = s.astype(dtype) + jnp.square(g.astype(dtype))
+        new = s.astype(dtype) + square(g.astype(dtype))
         return new.astype(s.dtype), new.astype(emitted)
 
     def update(updates: Any, state: SecondMomentState, params: Any = None, **extra: Any):
@@ -301,7 +310,7 @@ def center_second_moment(decay: float = 0.99, moment_dtype: Any = None) -> Trans
     def center(v: jax.Array, a: jax.Array) -> jax.Array:
         emitted = jnp.promote_types(v.dtype, a.dtype)
         dtype = compute_dtype(emitted)
-        return (v.astype(dtype) - jnp.square(a.astype(dtype))).astype(emitted)
+        return (v.astype(dtype) - square(a.astype(dtype))).astype(emitted)
 
     def update(updates: Any, state: CenteredState, params: Any = None, **extra: Any):
         del params, extra
@@ -351,7 +360,7 @@ def max_second_moment(moment_dtype: Any = None) -> Transform:
 
     def running_max(mx: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
         emitted = jnp.promote_types(mx.dtype, v.dtype)
-        new = jnp.maximum(mx.astype(emitted), v.astype(emitted))
+        new = componentwise(jnp.maximum, mx.astype(emitted), v.astype(emitted))
         return new.astype(mx.dtype), new
 
     def update(updates: Any, state: MaxSecondMomentState, params: Any = None, **extra: Any):

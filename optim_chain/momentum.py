@@ -8,7 +8,14 @@ import jax
 import jax.numpy as jnp
 
 from optim_chain import _validation
-from optim_chain._tree import check_float_params, check_matching, compute_dtype, map_pair, zeros_like
+from optim_chain._tree import (
+    check_float_params,
+    check_matching,
+    compute_dtype,
+    map_pair,
+    scalar_dtype,
+    zeros_like,
+)
 from optim_chain.moments import _expect_step
 from optim_chain.transform import Transform
 
@@ -19,7 +26,7 @@ class MomentumState(NamedTuple):
     buffer: Any
 
 
-def add_momentum(momentum: float = 0.9, nesterov: bool = False) -> Transform:
+def add_momentum(momentum: float = 0.9, nesterov: bool = False, moment_dtype: Any = None) -> Transform:
     r"""Heavy-ball momentum, optionally with Nesterov's look-ahead.
 
     .. math::
@@ -43,10 +50,11 @@ def add_momentum(momentum: float = 0.9, nesterov: bool = False) -> Transform:
         raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
     if nesterov and isinstance(momentum, (int, float)) and momentum == 0:
         raise ValueError("nesterov=True needs momentum > 0, got momentum=0")
+    _validation.float_dtype("moment_dtype", moment_dtype)
 
     def init(params: Any) -> MomentumState:
         check_float_params(params, "add_momentum")
-        return MomentumState(buffer=zeros_like(params))
+        return MomentumState(buffer=zeros_like(params, moment_dtype))
 
     def update(updates: Any, state: MomentumState, params: Any = None, **extra: Any):
         del params, extra
@@ -55,14 +63,17 @@ def add_momentum(momentum: float = 0.9, nesterov: bool = False) -> Transform:
 
         def step(u: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
             dtype = compute_dtype(jnp.promote_types(u.dtype, b.dtype))
-            mu = jnp.asarray(momentum, dtype)
+            mu = jnp.asarray(momentum, scalar_dtype(dtype))
             buffer = mu * b.astype(dtype) + u.astype(dtype)
             out = (u.astype(dtype) + mu * buffer) if nesterov else buffer
-            return out.astype(u.dtype), buffer.astype(b.dtype)
+            return out.astype(jnp.promote_types(u.dtype, b.dtype)), buffer.astype(b.dtype)
 
         out, buffer = map_pair(step, updates, state.buffer)
         return out, MomentumState(buffer=buffer)
 
     return Transform(
-        init, update, name="add_momentum", hyperparams={"momentum": momentum, "nesterov": nesterov}
+        init,
+        update,
+        name="add_momentum",
+        hyperparams={"momentum": momentum, "nesterov": nesterov, "moment_dtype": moment_dtype},
     )

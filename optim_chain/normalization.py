@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from optim_chain import _validation
-from optim_chain._tree import compute_dtype
+from optim_chain._complex import componentwise
+from optim_chain._tree import compute_dtype, scalar_dtype
 from optim_chain.moments import _expect_moments
 from optim_chain.transform import Transform, stateless
 
@@ -28,7 +29,7 @@ def normalize_by_second_moment(eps: float = 1e-8, eps_root: float = 0.0) -> Tran
 
     Returns:
       A transform from ``MomentEstimates`` to an update tree in the wider of the two moments'
-      dtypes; the division runs in at least float32.
+      dtypes; the division runs in at least float32, per component for complex moments.
     """
     _validation.non_negative("eps", eps)
     _validation.non_negative("eps_root", eps_root)
@@ -36,8 +37,14 @@ def normalize_by_second_moment(eps: float = 1e-8, eps_root: float = 0.0) -> Tran
     def normalize(m: jax.Array, v: jax.Array) -> jax.Array:
         emitted = jnp.promote_types(m.dtype, v.dtype)
         dtype = compute_dtype(emitted)
-        root = jnp.sqrt(v.astype(dtype) + jnp.asarray(eps_root, dtype)) + jnp.asarray(eps, dtype)
-        return (m.astype(dtype) / root).astype(emitted)
+        real = scalar_dtype(dtype)
+
+        def divide(first: jax.Array, second: jax.Array) -> jax.Array:
+            root = jnp.sqrt(second + jnp.asarray(eps_root, real)) + jnp.asarray(eps, real)
+            return first / root
+
+        # per component for complex moments (torch's view_as_real), plain division otherwise
+        return componentwise(divide, m.astype(dtype), v.astype(dtype)).astype(emitted)
 
     def update(updates: Any, params: Any) -> Any:
         del params

@@ -14,8 +14,13 @@ Options every preset shares (keyword-only):
 
 * ``skip_nonfinite=True`` wraps the chain in :func:`~optim_chain.skip_nonfinite`: a step whose
   gradients or updates hold NaN or Inf changes nothing and is counted in the state.
-* ``moment_dtype`` (adaptive methods) sets the dtype the moments are stored in, for example
-  float32 moments for bfloat16 parameters, or bfloat16 moments to halve their memory.
+* ``moment_dtype`` sets the dtype the moments and momentum buffers are stored in, for example
+  float32 moments for bfloat16 parameters, or bfloat16 moments to halve their memory (optax's
+  ``mu_dtype`` and ``accumulator_dtype``).
+
+Complex parameters are optimized as pairs of reals, as ``torch.optim`` does: squares, roots,
+divisions and AMSGrad's maximum act on the real and imaginary parts apart, so every preset
+follows torch's trajectory on complex leaves (optax's Adam uses ``|g|^2`` instead).
 
 Every numeric hyperparameter may be a JAX array, which is what ``optax.inject_hyperparams``
 passes; changing it at run time needs no recompilation. A momentum given as an array always
@@ -52,14 +57,15 @@ DECAY_SCALINGS = ("learning_rate", "schedule", "none")
 AMSGRAD_MAX_OF = ("raw", "corrected")
 
 
-def _sgd_direction(momentum: float, nesterov: bool) -> list[Transform]:
+def _sgd_direction(momentum: float, nesterov: bool, moment_dtype: Any = None) -> list[Transform]:
     _validation.in_unit_interval("momentum", momentum)
+    _validation.float_dtype("moment_dtype", moment_dtype)
     if not _validation.is_number(momentum):
         # an array (inject_hyperparams): its value may change, so the buffer must exist
-        return [add_momentum(momentum, nesterov)]
+        return [add_momentum(momentum, nesterov, moment_dtype)]
     if nesterov and momentum == 0:
         raise ValueError("nesterov=True needs momentum > 0, got momentum=0")
-    return [add_momentum(momentum, nesterov)] if momentum else []
+    return [add_momentum(momentum, nesterov, moment_dtype)] if momentum else []
 
 
 def _finish(name: str, parts: list[Transform], skip_nonfinite: bool) -> Transform:
@@ -140,11 +146,17 @@ def sgd(
     momentum: float = 0.0,
     nesterov: bool = False,
     *,
+    moment_dtype: Any = None,
     skip_nonfinite: bool = False,
 ) -> Transform:
-    """SGD with optional heavy-ball or Nesterov momentum (``torch.optim.SGD``, ``optax.sgd``)."""
+    """SGD with optional heavy-ball or Nesterov momentum (``torch.optim.SGD``, ``optax.sgd``).
+
+    ``moment_dtype`` sets the dtype of the momentum buffer (optax's ``accumulator_dtype``).
+    """
     return _finish(
-        "sgd", [*_sgd_direction(momentum, nesterov), scale_by_learning_rate(learning_rate)], skip_nonfinite
+        "sgd",
+        [*_sgd_direction(momentum, nesterov, moment_dtype), scale_by_learning_rate(learning_rate)],
+        skip_nonfinite,
     )
 
 
@@ -155,6 +167,7 @@ def sgd_l2(
     nesterov: bool = False,
     mask: Any = None,
     *,
+    moment_dtype: Any = None,
     skip_nonfinite: bool = False,
 ) -> Transform:
     """SGD with L2 regularization (``torch.optim.SGD(weight_decay=...)``): decay enters the gradient."""
@@ -162,7 +175,7 @@ def sgd_l2(
         "sgd_l2",
         [
             add_l2_regularization(weight_decay, mask),
-            *_sgd_direction(momentum, nesterov),
+            *_sgd_direction(momentum, nesterov, moment_dtype),
             scale_by_learning_rate(learning_rate),
         ],
         skip_nonfinite,
@@ -178,13 +191,14 @@ def sgdw(
     decay_scaling: DecayScaling = "learning_rate",
     peak_learning_rate: float | None = None,
     *,
+    moment_dtype: Any = None,
     skip_nonfinite: bool = False,
 ) -> Transform:
     """SGDW (the paper's Algorithm 1): decay applied to the parameters, outside the momentum."""
     return _finish(
         "sgdw",
         [
-            *_sgd_direction(momentum, nesterov),
+            *_sgd_direction(momentum, nesterov, moment_dtype),
             scale_by_learning_rate(learning_rate),
             decoupled_weight_decay(
                 weight_decay, decay_multiplier(learning_rate, decay_scaling, peak_learning_rate), mask
@@ -236,7 +250,8 @@ def rmsprop(
     """RMSProp as in ``torch.optim.RMSprop`` (eps outside the root; ``eps_root`` puts one inside).
 
     ``centered`` divides by an estimate of the standard deviation instead of the root mean
-    square; ``momentum`` accumulates the normalized step.
+    square; ``momentum`` accumulates the normalized step. ``moment_dtype`` applies to every
+    buffer: the second moment, the running mean and the momentum.
     """
     if not isinstance(centered, bool):
         raise TypeError(f"centered must be a bool, got {centered!r}")
@@ -246,7 +261,7 @@ def rmsprop(
             estimate_second_moment(decay, moment_dtype),
             *([center_second_moment(decay, moment_dtype)] if centered else []),
             normalize_by_second_moment(eps, eps_root),
-            *_sgd_direction(momentum, False),
+            *_sgd_direction(momentum, False, moment_dtype),
             scale_by_learning_rate(learning_rate),
         ],
         skip_nonfinite,

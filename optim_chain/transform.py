@@ -88,7 +88,10 @@ def chain(*transforms: optax.GradientTransformation, name: str = "chain") -> Tra
 
 
 def stateless(name: str, update_fn: Any, **hyperparams: Any) -> Transform:
-    """A :class:`Transform` with empty state whose update is ``update_fn(updates, params)``."""
+    """A :class:`Transform` with empty state whose update is ``update_fn(updates, params)``.
+
+    ``updates=None`` passes through as ``None``, as in optax's stateless transforms.
+    """
 
     def init(params: Any) -> optax.EmptyState:
         check_float_params(params, name)
@@ -96,6 +99,6 @@ def stateless(name: str, update_fn: Any, **hyperparams: Any) -> Transform:
 
     def update(updates: Any, state: optax.EmptyState, params: Any = None, **extra: Any):
         del extra
-        return update_fn(updates, params), state
+        return (None if updates is None else update_fn(updates, params)), state
 
     return Transform(init, update, name=name, hyperparams=hyperparams)

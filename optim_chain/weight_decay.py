@@ -22,16 +22,16 @@ import numpy as np
 import optax
 
 from optim_chain import _validation
-from optim_chain._tree import check_float_params, check_matching, compute_dtype, increment, per_dtype
-from optim_chain.masks import Predicate, resolve_mask
+from optim_chain._tree import check_float_params, check_matching, increment, per_dtype, scalar_dtype
+from optim_chain.masks import Predicate, is_mask_function, resolve_mask
 from optim_chain.moments import _expect_step
-from optim_chain.transform import Transform, stateless
+from optim_chain.transform import Transform
 
 Schedule = Callable[[jax.Array], Any]
 
 
 def _check_mask(mask: Any) -> None:
-    if mask is None or isinstance(mask, Predicate) or callable(mask):
+    if mask is None or isinstance(mask, Predicate) or is_mask_function(mask):
         return
     leaves = jax.tree.leaves(mask)
     bad = [x for x in leaves if not (isinstance(x, bool) or getattr(x, "dtype", None) == np.bool_)]
@@ -45,16 +45,27 @@ def _check_mask(mask: Any) -> None:
 def _decay_selected(
     name: str, mask: Any, updates: Any, params: Any, decay: Callable[[jax.Array, jax.Array], jax.Array]
 ) -> Any:
-    """Applies ``decay(update, param)`` on the leaves that ``mask`` selects, passes others through."""
+    """Applies ``decay(update, param)`` on the leaves that ``mask`` selects, passes others through.
+
+    ``updates=None`` (an empty tree, as optax allows) comes back as ``None``.
+    """
+    if updates is None:
+        return None
     _expect_step(name, updates)
     if params is None:
         raise ValueError(f"{name} needs the params: call update(updates, state, params)")
     check_matching(updates, params)
-    flags = resolve_mask(mask, params)
+    flags = resolve_mask(mask, params, f"{name} mask")
     leaves, treedef = jax.tree.flatten(updates)
     param_leaves = jax.tree.leaves(params)
     out = [decay(u, p).astype(u.dtype) if flag else u for u, p, flag in zip(leaves, param_leaves, flags)]
     return jax.tree.unflatten(treedef, out)
+
+
+def _check_params(name: str, mask: Any, params: Any) -> None:
+    """What ``init`` checks: floating-point leaves, and a mask that fits them (paths named)."""
+    check_float_params(params, name)
+    resolve_mask(mask, params, f"{name} mask")
 
 
 def add_l2_regularization(weight_decay: float, mask: Any = None) -> Transform:
@@ -69,6 +80,7 @@ def add_l2_regularization(weight_decay: float, mask: Any = None) -> Transform:
     Args:
       weight_decay: ``lambda >= 0``.
       mask: which leaves are regularized (see :mod:`optim_chain.masks`); ``None`` means all.
+        Checked against the params at ``init``.
 
     Example::
 
@@ -76,18 +88,19 @@ def add_l2_regularization(weight_decay: float, mask: Any = None) -> Transform:
     """
     _validation.non_negative("weight_decay", weight_decay)
     _check_mask(mask)
+    name = "add_l2_regularization"
 
-    def update(updates: Any, params: Any) -> Any:
+    def init(params: Any) -> optax.EmptyState:
+        _check_params(name, mask, params)
+        return optax.EmptyState()
+
+    def update(updates: Any, state: optax.EmptyState, params: Any = None, **extra: Any):
+        del extra
         factor = per_dtype(lambda dtype: jnp.asarray(weight_decay, dtype))
-        return _decay_selected(
-            "add_l2_regularization",
-            mask,
-            updates,
-            params,
-            lambda g, p: g + factor(compute_dtype(g.dtype)) * p,
-        )
+        decay = lambda g, p: g + factor(scalar_dtype(g.dtype)) * p
+        return _decay_selected(name, mask, updates, params, decay), state
 
-    return stateless("add_l2_regularization", update, weight_decay=weight_decay, mask=mask)
+    return Transform(init, update, name=name, hyperparams={"weight_decay": weight_decay, "mask": mask})
 
 
 def _known_zero(value: Any) -> bool:
@@ -123,7 +136,8 @@ def decoupled_weight_decay(
       multiplier: a non-negative constant or a schedule ``step -> eta_t`` (step counts from 0).
         With a schedule the state is a :class:`DecoupledWeightDecayState` counting steps; with a
         constant it is ``optax.EmptyState()``.
-      mask: which leaves decay (see :mod:`optim_chain.masks`); ``None`` means all.
+      mask: which leaves decay (see :mod:`optim_chain.masks`); ``None`` means all. Checked
+        against the params at ``init``.
 
     Example::
 
@@ -140,7 +154,7 @@ def decoupled_weight_decay(
     inert = _known_zero(weight_decay) or _known_zero(multiplier)
 
     def init(params: Any) -> DecoupledWeightDecayState:
-        check_float_params(params, "decoupled_weight_decay")
+        _check_params("decoupled_weight_decay", mask, params)
         # Only a schedule reads the counter; a constant multiplier keeps no state.
         return (
             DecoupledWeightDecayState(count=jnp.zeros([], jnp.int32))
@@ -157,7 +171,7 @@ def decoupled_weight_decay(
         def decay(u: jax.Array, p: jax.Array) -> jax.Array:
             if inert:
                 return u
-            return u - factor(compute_dtype(u.dtype)) * p
+            return u - factor(scalar_dtype(u.dtype)) * p
 
         new_updates = _decay_selected("decoupled_weight_decay", mask, updates, params, decay)
         if not callable(multiplier):

@@ -99,7 +99,6 @@ NON_FLOAT_LEAVES = {
     "int32": jnp.arange(3, dtype=jnp.int32),
     "int64": np.arange(3),
     "bool": jnp.array([True, False]),
-    "complex": jnp.ones(2, jnp.complex64),
     "python_int": 7,
 }
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -43,20 +44,45 @@ LEAF_PATHS = [jax.tree_util.keystr(path) for path, _ in _SHAPE_LEAVES]
 LEAF_SHAPES = [shape for _, shape in _SHAPE_LEAVES]
 
 
-def _problem(seed: int = 0):
+class Problem(NamedTuple):
+    """Starting point, curvature and noise of the test loss, real or complex."""
+
+    theta0: list[np.ndarray]
+    curvature: list[np.ndarray]
+    noise: list[list[np.ndarray]]
+
+
+def _problem(seed: int = 0, complex_leaves: bool = False) -> Problem:
     rng = np.random.default_rng(seed)
-    theta0 = [rng.normal(size=s) for s in LEAF_SHAPES]
+
+    def draw(shape):
+        x = rng.normal(size=shape)
+        return x + 1j * rng.normal(size=shape) if complex_leaves else x
+
+    theta0 = [draw(s) for s in LEAF_SHAPES]
     curvature = [rng.uniform(0.5, 2.0, size=s) for s in LEAF_SHAPES]
-    noise = [[(2.0 if t < 12 else 0.2) * rng.normal(size=s) for s in LEAF_SHAPES] for t in range(STEPS)]
-    return theta0, curvature, noise
+    noise = [[(2.0 if t < 12 else 0.2) * draw(s) for s in LEAF_SHAPES] for t in range(STEPS)]
+    return Problem(theta0, curvature, noise)
 
 
-THETA0, CURVATURE, NOISE = _problem()
+REAL = _problem()
+#: The same loss on complex leaves: real and imaginary parts each see the real problem's terms.
+COMPLEX = _problem(1, complex_leaves=True)
+THETA0 = REAL.theta0
 
 
-def gradient(leaves: list[np.ndarray], step: int) -> list[np.ndarray]:
+def _wave(x: np.ndarray) -> np.ndarray:
+    """``sin(3x)/2``, per component for a complex ``x`` (``sin`` of a complex number grows without bound)."""
+    if np.iscomplexobj(x):
+        return 0.5 * (np.sin(3.0 * x.real) + 1j * np.sin(3.0 * x.imag))
+    return 0.5 * np.sin(3.0 * x)
+
+
+def gradient(leaves: list[np.ndarray], step: int, problem: Problem = REAL) -> list[np.ndarray]:
     """Gradient of ``sum(c/2 x^2 - cos(3x)/6) + <noise_t, x>`` at ``leaves``, in float64 numpy."""
-    return [c * x + 0.5 * np.sin(3.0 * x) + n for x, c, n in zip(leaves, CURVATURE, NOISE[step], strict=True)]
+    return [
+        c * x + _wave(x) + n for x, c, n in zip(leaves, problem.curvature, problem.noise[step], strict=True)
+    ]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -66,7 +92,7 @@ def _step(build, static, hyper, grads, state, params):
     return optax.apply_updates(params, updates), state
 
 
-def run_optim_chain(build: Callable[..., optax.GradientTransformation], static=None, **hyper):
+def run_optim_chain(build: Callable[..., optax.GradientTransformation], static=None, problem=REAL, **hyper):
     """Per leaf, the parameters after each of the ``STEPS`` steps, shape ``(STEPS, *leaf)``.
 
     ``build(**static, **hyper)`` makes the optimizer: ``static`` holds what decides the chain's
@@ -74,37 +100,38 @@ def run_optim_chain(build: Callable[..., optax.GradientTransformation], static=N
     ``hyper`` the float hyperparameters.
     """
     static = tuple(sorted((static or {}).items()))
-    params = jax.tree.unflatten(TREEDEF, [jnp.asarray(x, jnp.float64) for x in THETA0])
+    params = jax.tree.unflatten(TREEDEF, [jnp.asarray(x) for x in problem.theta0])
     state = build(**dict(static), **hyper).init(params)
     history = []
     for step in range(STEPS):
         leaves = [np.asarray(x) for x in jax.tree.leaves(params)]
-        grads = jax.tree.unflatten(TREEDEF, gradient(leaves, step))
+        grads = jax.tree.unflatten(TREEDEF, gradient(leaves, step, problem))
         params, state = _step(build, static, hyper, grads, state, params)
         history.append([np.asarray(x) for x in jax.tree.leaves(params)])
     return [np.stack(per_leaf) for per_leaf in zip(*history, strict=True)]
 
 
-def run_torch(make_optimizer) -> list[np.ndarray]:
+def run_torch(make_optimizer, problem=REAL) -> list[np.ndarray]:
     """The same as :func:`run_optim_chain` for a ``torch.optim`` optimizer factory."""
-    tensors = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in THETA0]
+    tensors = [torch.tensor(x, requires_grad=True) for x in problem.theta0]
     opt = make_optimizer(tensors)
     history = []
     for step in range(STEPS):
-        grads = gradient([t.detach().numpy().copy() for t in tensors], step)
+        grads = gradient([t.detach().numpy().copy() for t in tensors], step, problem)
         for tensor, g in zip(tensors, grads, strict=True):
-            tensor.grad = torch.from_numpy(np.array(g, dtype=np.float64))
+            tensor.grad = torch.from_numpy(np.array(g))
         opt.step()
         history.append([t.detach().numpy().copy() for t in tensors])
     return [np.stack(per_leaf) for per_leaf in zip(*history, strict=True)]
 
 
-def assert_same_trajectory(ours: list[np.ndarray], theirs: list[np.ndarray]) -> None:
+def assert_same_trajectory(ours: list[np.ndarray], theirs: list[np.ndarray], problem=REAL) -> None:
+    dtype = np.result_type(*problem.theta0)
     for path, a, b in zip(LEAF_PATHS, ours, theirs, strict=True):
-        assert a.dtype == np.float64 and b.dtype == np.float64
+        assert a.dtype == dtype and b.dtype == dtype
         np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL, err_msg=f"leaf {path}")
     # The comparison means something only if the parameters went somewhere.
-    moved = max(np.max(np.abs(b[-1] - x0)) for b, x0 in zip(theirs, THETA0, strict=True))
+    moved = max(np.max(np.abs(b[-1] - x0)) for b, x0 in zip(theirs, problem.theta0, strict=True))
     assert moved > 1e-2, f"the trajectory barely moved ({moved:.2e}): the test would be vacuous"
 
 
@@ -263,3 +290,77 @@ def test_adagrad_matches_torch(lr, initial, eps, weight_decay):
     else:
         ours = run_optim_chain(oc.adagrad, **hyper)
     assert_same_trajectory(ours, theirs)
+
+
+# ------------------------------------------------------------------------------ complex leaves
+
+# torch optimizes a complex parameter as the pair of reals torch.view_as_real gives; so do we.
+# Every entry of COMPLEX has a nonzero imaginary part, and the gradient's real and imaginary
+# parts differ, so a second moment of |g|^2 (optax's convention) leaves these trajectories at once.
+COMPLEX_CASES = {
+    "adam": (
+        lambda p: torch.optim.Adam(p, lr=0.05, betas=(0.8, 0.99), eps=1e-6),
+        oc.adam,
+        {},
+        {"learning_rate": 0.05, "b1": 0.8, "b2": 0.99, "eps": 1e-6},
+    ),
+    "adam_amsgrad": (
+        lambda p: torch.optim.Adam(p, lr=0.05, betas=(0.9, 0.9), amsgrad=True),
+        oc.adam,
+        {"amsgrad": True},
+        {"learning_rate": 0.05, "b1": 0.9, "b2": 0.9},
+    ),
+    "adamw": (
+        lambda p: torch.optim.AdamW(p, lr=0.05, betas=(0.8, 0.99), weight_decay=0.1),
+        oc.adamw,
+        {},
+        {"learning_rate": 0.05, "b1": 0.8, "b2": 0.99, "weight_decay": 0.1},
+    ),
+    "adam_l2": (
+        lambda p: torch.optim.Adam(p, lr=0.05, betas=(0.8, 0.99), weight_decay=0.1),
+        oc.adam_l2,
+        {},
+        {"learning_rate": 0.05, "b1": 0.8, "b2": 0.99, "weight_decay": 0.1},
+    ),
+    "sgd_momentum": (
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1),
+        oc.sgd_l2,
+        {"momentum": 0.9, "nesterov": True},
+        {"learning_rate": 0.05, "weight_decay": 0.1},
+    ),
+    "rmsprop": (
+        lambda p: torch.optim.RMSprop(p, lr=0.01, alpha=0.9, centered=True, momentum=0.5),
+        oc.rmsprop,
+        {"centered": True, "momentum": 0.5},
+        {"learning_rate": 0.01, "decay": 0.9},
+    ),
+    "adagrad": (
+        lambda p: torch.optim.Adagrad(p, lr=0.1, initial_accumulator_value=0.1, weight_decay=0.05),
+        adagrad_l2,
+        {},
+        {"learning_rate": 0.1, "initial_accumulator_value": 0.1, "weight_decay": 0.05},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", COMPLEX_CASES)
+def test_complex_leaves_match_torch(case):
+    make_torch, build, static, hyper = COMPLEX_CASES[case]
+    theirs = run_torch(make_torch, COMPLEX)
+    assert all(np.iscomplexobj(x) for x in theirs)
+    assert_same_trajectory(run_optim_chain(build, static, COMPLEX, **hyper), theirs, COMPLEX)
+
+
+def test_complex_adam_is_not_the_modulus_convention():
+    """A second moment of ``|g|^2`` shared by both components (optax's Adam) is another trajectory."""
+    theirs = run_torch(lambda p: torch.optim.Adam(p, lr=0.05), COMPLEX)
+    params = jax.tree.unflatten(TREEDEF, [jnp.asarray(x) for x in COMPLEX.theta0])
+    opt = optax.adam(0.05)
+    state = opt.init(params)
+    for step in range(STEPS):
+        leaves = gradient([np.asarray(x) for x in jax.tree.leaves(params)], step, COMPLEX)
+        grads = jax.tree.unflatten(TREEDEF, [jnp.asarray(g) for g in leaves])
+        updates, state = opt.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    final = [np.asarray(x) for x in jax.tree.leaves(params)]
+    assert max(np.max(np.abs(a - b[-1])) for a, b in zip(final, theirs, strict=True)) > 1e-2

@@ -72,7 +72,14 @@ CHECKS = textwrap.dedent(
         grads = jax.tree.map(lambda p: (p * 0.5 + 0.25).astype(p.dtype), params)
         for preset, build in PRESETS.items():
             opt = build()
-            for mode, init in (("eager", opt.init), ("jit", jax.jit(opt.init))):
+            # init on abstract leaves (jax.ShapeDtypeStruct carrying the sharding) places the state too
+            abstract = jax.tree.map(
+                lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding), params
+            )
+            inits = (
+                ("eager", opt.init), ("jit", jax.jit(opt.init)), ("abstract", lambda _: opt.init(abstract))
+            )
+            for mode, init in inits:
                 state = init(params)
                 subtrees = param_like_subtrees(state, params)
                 assert subtrees, (preset, "no state shaped like the params")
@@ -152,9 +159,9 @@ def _count(run, part):
     pytest.fail(f"the {part} mesh checks did not finish:\n{run.stderr[-4000:]}")
 
 
-# every preset: state checked after eager init, jitted init and a jitted step, plus the updates
-# and new params of that step, 3 leaves each
-MIN_CHECKS = 8 * 3 * 5
+# every preset: state checked after eager init, jitted init, init on abstract leaves and a jitted
+# step, plus the updates and new params of that step, 3 leaves each
+MIN_CHECKS = 8 * 3 * 6
 
 
 def test_state_follows_param_sharding_on_auto_mesh(sharding_run):

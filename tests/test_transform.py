@@ -109,7 +109,10 @@ def test_chain_of_parts_reproduces_the_preset(preset):
 def test_primitive_repr_shows_hyperparameters():
     assert repr(oc.estimate_moments(0.8, 0.95)) == "estimate_moments(b1=0.8, b2=0.95, moment_dtype=None)"
     assert repr(oc.correct_bias()) == "correct_bias(b1=0.9, b2=0.999)"
-    assert repr(oc.add_momentum(0.5, nesterov=True)) == "add_momentum(momentum=0.5, nesterov=True)"
+    assert (
+        repr(oc.add_momentum(0.5, nesterov=True))
+        == "add_momentum(momentum=0.5, nesterov=True, moment_dtype=None)"
+    )
     assert repr(oc.normalize_by_second_moment(1e-6)) == "normalize_by_second_moment(eps=1e-06, eps_root=0.0)"
 
 
