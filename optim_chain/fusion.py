@@ -67,12 +67,12 @@ def multi_output_fusion_enabled() -> bool:
 
 
 def _through_identity(tree: Any, group: int) -> Any:
-    """``tree`` with every floating-point leaf passed through the exact identity number ``group``."""
+    """``tree`` with every floating-point (real or complex) leaf passed through identity number ``group``."""
     value, operation = _IDENTITIES[group]
     constants: dict[np.dtype, jax.Array] = {}
 
     def leaf(x: Any) -> Any:
-        if not (hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)):
+        if not (hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)):
             return x
         dtype = np.dtype(x.dtype)
         if dtype not in constants:
