@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from optim_chain import _validation
 from optim_chain._tree import check_float_params, compute_dtype, increment, per_dtype, scalar_dtype
-from optim_chain.moments import MomentEstimates, _expect_moments
+from optim_chain.moments import _expect_moments
 from optim_chain.transform import Transform
 
 
@@ -37,11 +37,17 @@ def _correct(moment: jax.Array, factor: Any) -> jax.Array:
     return (moment.astype(dtype) / factor(scalar_dtype(dtype))).astype(moment.dtype)
 
 
-def correct_bias(b1: float = 0.9, b2: float = 0.999) -> Transform:
+def correct_bias(b1: float = 0.9, b2: float = 0.999, nesterov: bool = False) -> Transform:
     r"""Divides the moments by ``1 - beta^t`` so that they are unbiased from the first step.
 
     .. math::
        \hat m_t = \frac{m_t}{1-\beta_1^t}, \qquad \hat v_t = \frac{v_t}{1-\beta_2^t}
+
+    With ``nesterov=True`` the first moment looks one step ahead (NAdam as optax writes it,
+    Dozat 2016), from the gradient that :func:`~optim_chain.estimate_moments` passes along:
+
+    .. math::
+       \hat m_t = \beta_1 \frac{m_t}{1-\beta_1^{t+1}} + (1-\beta_1) \frac{g_t}{1-\beta_1^t}
 
     A separate transform because it is a per-step scalar: leaving it out of a chain gives Adam
     without bias correction, and moving :func:`~optim_chain.max_second_moment` across it
@@ -54,11 +60,16 @@ def correct_bias(b1: float = 0.9, b2: float = 0.999) -> Transform:
     Args:
       b1: the decay used for the first moment, in [0, 1).
       b2: the decay used for the second moment, in [0, 1).
+      nesterov: Nesterov's look-ahead first moment (needs :func:`~optim_chain.estimate_moments`
+        before it, which passes the gradient on).
 
-    Reference: Kingma & Ba, *Adam*, ICLR 2015, Section 3.
+    References: Kingma & Ba, *Adam*, ICLR 2015, Section 3; Dozat, *Incorporating Nesterov
+    Momentum into Adam*, ICLR 2016 workshop.
     """
     _validation.in_unit_interval("b1", b1)
     _validation.in_unit_interval("b2", b2)
+    if not isinstance(nesterov, bool):
+        raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
 
     def init(params: Any) -> BiasCorrectionState:
         check_float_params(params, "correct_bias")
@@ -70,8 +81,27 @@ def correct_bias(b1: float = 0.9, b2: float = 0.999) -> Transform:
         count = increment(state.count)
         first_factor = per_dtype(lambda dtype: _factor(b1, count, dtype))
         second_factor = per_dtype(lambda dtype: _factor(b2, count, dtype))
-        first = jax.tree.map(lambda m: _correct(m, first_factor), moments.first)
         second = jax.tree.map(lambda v: _correct(v, second_factor), moments.second)
-        return MomentEstimates(first, second), BiasCorrectionState(count=count)
+        if not nesterov:
+            first = jax.tree.map(lambda m: _correct(m, first_factor), moments.first)
+            return moments._replace(first=first, second=second), BiasCorrectionState(count=count)
+        if moments.gradient is None:
+            raise TypeError(
+                "correct_bias(nesterov=True) needs the gradient passed along by estimate_moments; "
+                "place it right after estimate_moments (or max_second_moment)"
+            )
+        ahead_factor = per_dtype(lambda dtype: _factor(b1, increment(count), dtype))
 
-    return Transform(init, update, name="correct_bias", hyperparams={"b1": b1, "b2": b2})
+        def look_ahead(m: jax.Array, g: jax.Array) -> jax.Array:
+            dtype = compute_dtype(jnp.promote_types(m.dtype, g.dtype))
+            real = scalar_dtype(dtype)
+            d = jnp.asarray(b1, real)
+            ahead = m.astype(dtype) / ahead_factor(real)
+            current = g.astype(dtype) / first_factor(real)
+            return (d * ahead + (1 - d) * current).astype(m.dtype)
+
+        first = jax.tree.map(look_ahead, moments.first, moments.gradient)
+        return moments._replace(first=first, second=second), BiasCorrectionState(count=count)
+
+    hyperparams = {"b1": b1, "b2": b2, **({"nesterov": True} if nesterov else {})}
+    return Transform(init, update, name="correct_bias", hyperparams=hyperparams)

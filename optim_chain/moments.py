@@ -62,10 +62,13 @@ class MomentEstimates(NamedTuple):
     Attributes:
       first: the numerator of the step (the first moment, or the gradient itself).
       second: the second-moment estimate, before the square root.
+      gradient: this step's gradient, passed along by :func:`estimate_moments` for Nesterov's
+        form of bias correction (``correct_bias(nesterov=True)``); ``None`` otherwise.
     """
 
     first: Any
     second: Any
+    gradient: Any = None
 
 
 def _expect_gradients(name: str, updates: Any) -> None:
@@ -166,7 +169,7 @@ def estimate_moments(b1: float = 0.9, b2: float = 0.999, moment_dtype: Any = Non
         ``jnp.float32`` moments for ``bfloat16`` parameters.
 
     Returns:
-      A transform from gradients to ``MomentEstimates(first=m_t, second=v_t)``.
+      A transform from gradients to ``MomentEstimates(first=m_t, second=v_t, gradient=g_t)``.
 
     Reference: Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015.
     """
@@ -187,7 +190,7 @@ def estimate_moments(b1: float = 0.9, b2: float = 0.999, moment_dtype: Any = Non
         w1, w2 = _ema_weights(b1), _ema_weights(b2)
         mu, first = map_pair(lambda m, g: _ema(w1, m, g), state.mu, updates)
         nu, second = map_pair(lambda v, g: _ema(w2, v, g, squared=True), state.nu, updates)
-        return MomentEstimates(first, second), MomentsState(mu=mu, nu=nu)
+        return MomentEstimates(first, second, updates), MomentsState(mu=mu, nu=nu)
 
     return Transform(
         init,
@@ -319,7 +322,7 @@ def center_second_moment(decay: float = 0.99, moment_dtype: Any = None) -> Trans
         weights = _ema_weights(decay)
         mean, running = map_pair(lambda a, g: _ema(weights, a, g), state.mean, moments.first)
         second = jax.tree.map(center, moments.second, running)
-        return MomentEstimates(moments.first, second), CenteredState(mean=mean)
+        return moments._replace(second=second), CenteredState(mean=mean)
 
     return Transform(
         init,
@@ -368,6 +371,6 @@ def max_second_moment(moment_dtype: Any = None) -> Transform:
         moments = _expect_moments("max_second_moment", updates)
         check_matching(moments.second, state.nu_max, _GRADIENTS, _STATE)
         nu_max, second = map_pair(running_max, state.nu_max, moments.second)
-        return MomentEstimates(moments.first, second), MaxSecondMomentState(nu_max=nu_max)
+        return moments._replace(second=second), MaxSecondMomentState(nu_max=nu_max)
 
     return Transform(init, update, name="max_second_moment", hyperparams={"moment_dtype": moment_dtype})

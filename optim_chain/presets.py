@@ -48,12 +48,13 @@ from optim_chain.momentum import add_momentum
 from optim_chain.nonfinite import skip_nonfinite as _skip_nonfinite
 from optim_chain.normalization import normalize_by_second_moment
 from optim_chain.transform import Transform, chain
-from optim_chain.weight_decay import add_l2_regularization, decoupled_weight_decay
+from optim_chain.weight_decay import Anchor, add_l2_regularization, decoupled_weight_decay
 
 Schedule = Callable[[jax.Array], Any]
 LearningRate = float | Schedule
-DecayScaling = Literal["learning_rate", "schedule", "none"]
-DECAY_SCALINGS = ("learning_rate", "schedule", "none")
+WeightDecay = float | Schedule
+DecayScaling = Literal["learning_rate", "schedule", "corrected", "none"]
+DECAY_SCALINGS = ("learning_rate", "schedule", "corrected", "none")
 AMSGRAD_MAX_OF = ("raw", "corrected")
 
 
@@ -85,16 +86,21 @@ def _adam_core(
     amsgrad_max_of: str,
     bias_correction: bool,
     moment_dtype: Any,
+    nesterov: bool,
 ) -> list[Transform]:
     _validation.one_of("amsgrad_max_of", amsgrad_max_of, AMSGRAD_MAX_OF)
     if not isinstance(amsgrad, bool):
         raise TypeError(f"amsgrad must be a bool, got {amsgrad!r}")
+    if not isinstance(nesterov, bool):
+        raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
+    if nesterov and not bias_correction:
+        raise ValueError("nesterov=True is a form of bias correction; it needs bias_correction=True")
     parts = [estimate_moments(b1, b2, moment_dtype)]
     running_max = [max_second_moment(moment_dtype)] if amsgrad else []
     if amsgrad_max_of == "raw":
         parts += running_max
     if bias_correction:
-        parts.append(correct_bias(b1, b2))
+        parts.append(correct_bias(b1, b2, nesterov))
     if amsgrad_max_of == "corrected":
         parts += running_max
     return parts + [normalize_by_second_moment(eps, eps_root)]
@@ -109,8 +115,18 @@ def decay_multiplier(
 
     * ``"learning_rate"``: ``eta_t = lr_t`` (PyTorch, optax, Keras).
     * ``"schedule"``: ``eta_t = lr_t / peak_learning_rate`` (the paper's Algorithm 2, Composer).
-      A constant learning rate is its own peak; a schedule needs ``peak_learning_rate``.
+    * ``"corrected"``: ``eta_t = lr_t**2 / peak_learning_rate`` (AdamC, Defazio et al. 2025:
+      the decay follows the square of the schedule, so that the steady-state weight norm does
+      not grow as the learning rate anneals).
     * ``"none"``: ``eta_t = 1``.
+
+    A constant learning rate is its own peak; a schedule needs ``peak_learning_rate`` under
+    ``"schedule"`` and ``"corrected"``.
+
+    Example::
+
+      >>> schedule = optax.cosine_decay_schedule(1e-3, 1000)
+      >>> eta = oc.decay_multiplier(schedule, "corrected", peak_learning_rate=1e-3)
     """
     _validation.one_of("decay_scaling", decay_scaling, DECAY_SCALINGS)
     if peak_learning_rate is not None:
@@ -121,21 +137,22 @@ def decay_multiplier(
         return learning_rate
     if decay_scaling == "none":
         return 1.0
+    power = 2 if decay_scaling == "corrected" else 1
     if callable(learning_rate):
         if peak_learning_rate is None:
             raise ValueError(
-                "decay_scaling='schedule' with a learning-rate schedule needs peak_learning_rate "
+                f"decay_scaling={decay_scaling!r} with a learning-rate schedule needs peak_learning_rate "
                 "(the schedule's maximum), got peak_learning_rate=None"
             )
         peak = peak_learning_rate
 
         def relative_learning_rate(step: jax.Array) -> Any:
-            return learning_rate(step) / peak
+            return learning_rate(step) ** power / peak
 
         return relative_learning_rate
-    if peak_learning_rate is None:
-        return 1.0
-    return learning_rate / peak_learning_rate
+    if peak_learning_rate is None:  # a constant rate is its own peak
+        return 1.0 if power == 1 else learning_rate
+    return learning_rate**power / peak_learning_rate
 
 
 # --------------------------------------------------------------------------------- SGD family
@@ -162,19 +179,24 @@ def sgd(
 
 def sgd_l2(
     learning_rate: LearningRate,
-    weight_decay: float,
+    weight_decay: WeightDecay,
     momentum: float = 0.0,
     nesterov: bool = False,
     mask: Any = None,
     *,
+    anchor: Anchor = None,
     moment_dtype: Any = None,
     skip_nonfinite: bool = False,
 ) -> Transform:
-    """SGD with L2 regularization (``torch.optim.SGD(weight_decay=...)``): decay enters the gradient."""
+    """SGD with L2 regularization (``torch.optim.SGD(weight_decay=...)``): decay enters the gradient.
+
+    ``weight_decay`` may be a schedule; ``anchor`` pulls toward the initial params (``"init"``)
+    or a given tree instead of zero (see :func:`~optim_chain.add_l2_regularization`).
+    """
     return _finish(
         "sgd_l2",
         [
-            add_l2_regularization(weight_decay, mask),
+            add_l2_regularization(weight_decay, mask, anchor=anchor),
             *_sgd_direction(momentum, nesterov, moment_dtype),
             scale_by_learning_rate(learning_rate),
         ],
@@ -184,24 +206,35 @@ def sgd_l2(
 
 def sgdw(
     learning_rate: LearningRate,
-    weight_decay: float,
+    weight_decay: WeightDecay,
     momentum: float = 0.0,
     nesterov: bool = False,
     mask: Any = None,
     decay_scaling: DecayScaling = "learning_rate",
     peak_learning_rate: float | None = None,
     *,
+    cautious_weight_decay: bool = False,
+    anchor: Anchor = None,
     moment_dtype: Any = None,
     skip_nonfinite: bool = False,
 ) -> Transform:
-    """SGDW (the paper's Algorithm 1): decay applied to the parameters, outside the momentum."""
+    """SGDW (the paper's Algorithm 1): decay applied to the parameters, outside the momentum.
+
+    ``decay_scaling`` picks ``eta_t`` (:func:`decay_multiplier`); ``weight_decay`` may be a
+    schedule; ``cautious_weight_decay`` and ``anchor`` as in
+    :func:`~optim_chain.decoupled_weight_decay`.
+    """
     return _finish(
         "sgdw",
         [
             *_sgd_direction(momentum, nesterov, moment_dtype),
             scale_by_learning_rate(learning_rate),
             decoupled_weight_decay(
-                weight_decay, decay_multiplier(learning_rate, decay_scaling, peak_learning_rate), mask
+                weight_decay,
+                decay_multiplier(learning_rate, decay_scaling, peak_learning_rate),
+                mask,
+                cautious_weight_decay=cautious_weight_decay,
+                anchor=anchor,
             ),
         ],
         skip_nonfinite,
@@ -278,6 +311,7 @@ def adam(
     *,
     amsgrad_max_of: str = "raw",
     bias_correction: bool = True,
+    nesterov: bool = False,
     moment_dtype: Any = None,
     skip_nonfinite: bool = False,
 ) -> Transform:
@@ -286,11 +320,19 @@ def adam(
     ``amsgrad_max_of="raw"`` keeps the maximum of the uncorrected ``v`` (torch, Keras);
     ``"corrected"`` of the bias-corrected one (optax). ``bias_correction=False`` drops the
     correction transform; ``moment_dtype`` sets the dtype of ``m`` and ``v``.
+
+    ``nesterov=True`` is NAdam as optax writes it (``optax.nadam``): the bias-corrected first
+    moment looks one step ahead, ``b1 * m_t / (1 - b1^(t+1)) + (1 - b1) * g_t / (1 - b1^t)``.
+    ``torch.optim.NAdam`` differs: it also decays the momentum coefficient over time
+    (``momentum_decay=4e-3``, ``mu_t = b1 * (1 - 0.5 * 0.96^(t * momentum_decay))``), so its
+    trajectory is another one.
     """
     return _finish(
         "adam",
         [
-            *_adam_core(b1, b2, eps, eps_root, amsgrad, amsgrad_max_of, bias_correction, moment_dtype),
+            *_adam_core(
+                b1, b2, eps, eps_root, amsgrad, amsgrad_max_of, bias_correction, moment_dtype, nesterov
+            ),
             scale_by_learning_rate(learning_rate),
         ],
         skip_nonfinite,
@@ -299,7 +341,7 @@ def adam(
 
 def adam_l2(
     learning_rate: LearningRate,
-    weight_decay: float,
+    weight_decay: WeightDecay,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
@@ -307,21 +349,27 @@ def adam_l2(
     amsgrad: bool = False,
     mask: Any = None,
     *,
+    anchor: Anchor = None,
     amsgrad_max_of: str = "raw",
     bias_correction: bool = True,
+    nesterov: bool = False,
     moment_dtype: Any = None,
     skip_nonfinite: bool = False,
 ) -> Transform:
     """Adam with L2 regularization (``torch.optim.Adam(weight_decay=...)``).
 
     ``lambda * theta`` joins the gradient *before* the moments, so its effect on each weight is
-    divided by that weight's ``sqrt(vhat) + eps``.
+    divided by that weight's ``sqrt(vhat) + eps``. ``weight_decay`` may be a schedule;
+    ``anchor`` pulls toward the initial params or a given tree instead of zero; ``nesterov``
+    as in :func:`adam`.
     """
     return _finish(
         "adam_l2",
         [
-            add_l2_regularization(weight_decay, mask),
-            *_adam_core(b1, b2, eps, eps_root, amsgrad, amsgrad_max_of, bias_correction, moment_dtype),
+            add_l2_regularization(weight_decay, mask, anchor=anchor),
+            *_adam_core(
+                b1, b2, eps, eps_root, amsgrad, amsgrad_max_of, bias_correction, moment_dtype, nesterov
+            ),
             scale_by_learning_rate(learning_rate),
         ],
         skip_nonfinite,
@@ -330,7 +378,7 @@ def adam_l2(
 
 def adamw(
     learning_rate: LearningRate,
-    weight_decay: float = 1e-2,
+    weight_decay: WeightDecay = 1e-2,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
@@ -340,24 +388,37 @@ def adamw(
     decay_scaling: DecayScaling = "learning_rate",
     peak_learning_rate: float | None = None,
     *,
+    cautious_weight_decay: bool = False,
+    anchor: Anchor = None,
     amsgrad_max_of: str = "raw",
     bias_correction: bool = True,
+    nesterov: bool = False,
     moment_dtype: Any = None,
     skip_nonfinite: bool = False,
 ) -> Transform:
     """AdamW: Adam plus weight decay applied to the parameters *after* the adaptive step.
 
     Every weight shrinks by the same fraction ``eta_t * weight_decay`` per step, ``eta_t`` set
-    by ``decay_scaling`` (see :func:`decay_multiplier`). With the default
-    ``"learning_rate"`` it matches ``torch.optim.AdamW`` and ``optax.adamw``.
+    by ``decay_scaling`` (see :func:`decay_multiplier`: ``"corrected"`` is AdamC). With the
+    default ``"learning_rate"`` it matches ``torch.optim.AdamW`` and ``optax.adamw``;
+    ``nesterov=True`` matches ``optax.nadamw`` (see :func:`adam` for torch's NAdam).
+    ``weight_decay`` may be a schedule; ``cautious_weight_decay`` decays only where the step
+    and the weight agree in sign; ``anchor`` pulls toward the initial params (``"init"``) or a
+    given tree (see :func:`~optim_chain.decoupled_weight_decay`).
     """
     return _finish(
         "adamw",
         [
-            *_adam_core(b1, b2, eps, eps_root, amsgrad, amsgrad_max_of, bias_correction, moment_dtype),
+            *_adam_core(
+                b1, b2, eps, eps_root, amsgrad, amsgrad_max_of, bias_correction, moment_dtype, nesterov
+            ),
             scale_by_learning_rate(learning_rate),
             decoupled_weight_decay(
-                weight_decay, decay_multiplier(learning_rate, decay_scaling, peak_learning_rate), mask
+                weight_decay,
+                decay_multiplier(learning_rate, decay_scaling, peak_learning_rate),
+                mask,
+                cautious_weight_decay=cautious_weight_decay,
+                anchor=anchor,
             ),
         ],
         skip_nonfinite,

@@ -193,7 +193,7 @@ BAD = [
     ),
     (
         "optimizer:\n  preset: adamw\n  learning_rate: 1.0e-3\n  decay_scaling: lr\n",
-        "decay_scaling must be one of 'learning_rate', 'schedule', 'none'",
+        "decay_scaling must be one of 'learning_rate', 'schedule', 'corrected', 'none'",
     ),
     ("optimizer: {preset: adam, learning_rate: 1.0e-3, moment_dtype: f32}\n", "valid choices: float32"),
     ("optimizer: [1, 2\n", "is not valid YAML"),

@@ -108,7 +108,7 @@ def test_non_bool_nesterov(preset):
 
 @pytest.mark.parametrize("preset", DECOUPLED)
 def test_unknown_decay_scaling_lists_choices(preset):
-    with _raises(ValueError, "decay_scaling", "'learning_rate', 'schedule', 'none'", "'lr'"):
+    with _raises(ValueError, "decay_scaling", "'learning_rate', 'schedule', 'corrected', 'none'", "'lr'"):
         PRESETS[preset](1e-3, weight_decay=0.1, decay_scaling="lr")
 
 
