@@ -27,6 +27,7 @@ from optim_chain.moments import (
 from optim_chain.momentum import MomentumState, add_momentum
 from optim_chain.nonfinite import SkipNonfiniteState, skip_nonfinite
 from optim_chain.normalization import normalize_by_second_moment
+from optim_chain.param_groups import describe_param_groups, param_groups
 from optim_chain.presets import (
     adagrad,
     adam,
@@ -38,12 +39,20 @@ from optim_chain.presets import (
     sgd_l2,
     sgdw,
 )
+from optim_chain.timescale import (
+    convert_weight_decay,
+    normalized_weight_decay,
+    timescale_of,
+    weight_decay_from_timescale,
+)
 from optim_chain.transform import Transform, chain
 from optim_chain.weight_decay import (
     DecoupledWeightDecayState,
+    WeightDecayState,
     add_l2_regularization,
     decoupled_weight_decay,
 )
+from optim_chain.wrappers import with_decoupled_weight_decay
 
 __version__ = "0.1.0"
 
@@ -60,6 +69,7 @@ __all__ = [
     "SecondMomentState",
     "SkipNonfiniteState",
     "Transform",
+    "WeightDecayState",
     "accumulate_second_moment",
     "adagrad",
     "adam",
@@ -69,17 +79,21 @@ __all__ = [
     "add_momentum",
     "center_second_moment",
     "chain",
+    "convert_weight_decay",
     "correct_bias",
     "decay_multiplier",
     "decoupled_weight_decay",
     "default_decay_mask",
     "describe_mask",
+    "describe_param_groups",
     "estimate_moments",
     "estimate_second_moment",
     "masks",
     "max_second_moment",
     "multi_output_fusion_enabled",
     "normalize_by_second_moment",
+    "normalized_weight_decay",
+    "param_groups",
     "rmsprop",
     "scale_by_learning_rate",
     "sgd",
@@ -87,4 +101,7 @@ __all__ = [
     "sgdw",
     "single_pass",
     "skip_nonfinite",
+    "timescale_of",
+    "weight_decay_from_timescale",
+    "with_decoupled_weight_decay",
 ]

@@ -114,7 +114,7 @@ def effective_decay(transform: Transform, opt_state: Any, params: Any) -> Effect
     if not found:
         return None
     position, part = found[0]
-    weight_decay = float(part.hyperparams["weight_decay"])
+    weight_decay = _at_step(part.hyperparams["weight_decay"], _last_step(opt_state[position]))
     flags = resolve_mask(part.hyperparams.get("mask"), params)
     if part.name == "decoupled_weight_decay":
         eta = _at_step(part.hyperparams["multiplier"], _last_step(opt_state[position]))

@@ -50,13 +50,18 @@ class Transform(optax.GradientTransformationExtraArgs):
     def __repr__(self) -> str:
         if self.parts:
             inner = "".join(
-                "\n" + "\n".join("  " + line for line in repr(p).splitlines()) + "," for p in self.parts
+                "\n" + "\n".join("  " + line for line in _part_repr(p).splitlines()) + "," for p in self.parts
             )
             return f"{self.name}({inner}\n)"
         args = ", ".join(f"{k}={_short(v)}" for k, v in self.hyperparams.items())
         return f"{self.name}({args})"
 
     __str__ = __repr__
+
+
+def _part_repr(part: Any) -> str:
+    """A part as a chain prints it: its own repr for a Transform, one line for any other transformation."""
+    return repr(part) if isinstance(part, Transform) else f"<{type(part).__name__}>"
 
 
 def _short(value: Any) -> str:
