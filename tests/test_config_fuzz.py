@@ -354,7 +354,10 @@ MALFORMED: dict[str, tuple[str, str | bytes, tuple[str, ...]]] = {
     "unknown-decay-scaling": (
         "optimizer",
         OPT + "  decay_scaling: lr\n",
-        ("key 'optimizer' is invalid: decay_scaling must be one of 'learning_rate', 'schedule', 'corrected', 'none'",),
+        (
+            "key 'optimizer' is invalid: decay_scaling must be one of 'learning_rate', 'schedule', "
+            "'corrected', 'none'",
+        ),
     ),
     "unknown-model": (
         "compare",
