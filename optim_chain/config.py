@@ -26,9 +26,20 @@ or a chain written primitive by primitive (each item ``name: {arguments}``, or j
 
 ``mask`` is ``default`` (:data:`optim_chain.masks.DEFAULT_DECAY`), ``all``, or a predicate
 written as a mapping with one key: ``name_is``, ``path_matches``, ``ndim_at_least``,
-``ndim_at_most``, ``not``, ``all_of`` or ``any_of``. A learning rate may be an optax schedule:
-``{schedule: cosine_decay, init_value: 1.0e-3, decay_steps: 2000}``. Numbers written like
-``1e-3`` (which YAML reads as text) are accepted as numbers.
+``ndim_at_most``, ``not``, ``all_of`` or ``any_of``. A learning rate, a weight decay or a
+decay multiplier may be an optax schedule: ``{schedule: cosine_decay, init_value: 1.0e-3,
+decay_steps: 2000}``. Numbers written like ``1e-3`` (which YAML reads as text) are accepted
+as numbers. Every keyword of a preset is a key (``decay_scaling: corrected``,
+``cautious_weight_decay: true``, ``anchor: init``, ``nesterov: true`` ...), and a preset may
+split its parameters into torch-style groups, each a ``mask`` and the keywords it overrides::
+
+    optimizer:
+      preset: adamw
+      learning_rate: 1.0e-3
+      weight_decay: 0.1
+      param_groups:
+        - {mask: {ndim_at_most: 1}, weight_decay: 0.0}
+        - {mask: {path_matches: Embed}, learning_rate: 1.0e-4}
 
 Experiment files (``compare`` and ``sweep``) are described in :func:`load_experiment`.
 """
@@ -92,7 +103,7 @@ MASK_OPERATORS = ("name_is", "path_matches", "ndim_at_least", "ndim_at_most", "n
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 MODELS = ("mlp", "transformer")
 #: Arguments that take a schedule as well as a number.
-RATE_ARGUMENTS = ("learning_rate", "multiplier")
+RATE_ARGUMENTS = ("learning_rate", "multiplier", "weight_decay")
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 #: The most values one ``{min, max, num}`` grid axis may have.
@@ -305,16 +316,37 @@ def build_optimizer(spec: Any, where: Where, overrides: Mapping[str, Any] | None
     if not isinstance(name, str) or name not in PRESETS:
         raise where.child("preset").error(f"is {name!r}; valid choices: {_choices(sorted(PRESETS))}")
     preset = PRESETS[name]
-    valid = ["preset", *inspect.signature(preset).parameters]
+    valid = ["preset", "param_groups", *inspect.signature(preset).parameters]
     _check_keys(spec, valid, where)
     for key in overrides or {}:
         if key in spec:
             raise where.child(key).error("is set by the experiment and must be left out here")
         if key not in valid:
             raise where.child("preset").error(f"is {name!r}, which has no argument {key!r}")
+    groups = spec.pop("param_groups", None)
     arguments = _arguments(preset, {**dict.fromkeys(overrides or {}, 0.0), **spec}, where)
     arguments.update(overrides or {})
-    return _call(preset, arguments, where)
+    if groups is None:
+        return _call(preset, arguments, where)
+    parsed = _param_groups(preset, groups, where.child("param_groups"))
+    return _call(lambda **defaults: oc.param_groups(preset, parsed, **defaults), arguments, where)
+
+
+def _param_groups(preset: Callable[..., Transform], items: Any, where: Where) -> list[tuple[Any, dict]]:
+    """``[(selector, overrides), ...]`` from ``[{mask: ..., keyword: value, ...}, ...]``."""
+    if not isinstance(items, list) or not items:
+        raise where.error("must be a non-empty list of groups, each {mask: ..., keyword: value, ...}")
+    keywords = [k for k in inspect.signature(preset).parameters if k != "mask"]
+    groups = []
+    for index, item in enumerate(items):
+        here = where.child(index)
+        item = _mapping(item, here)
+        if "mask" not in item:
+            raise here.error("needs a 'mask' selecting the group's parameters")
+        _check_keys(item, ["mask", *keywords], here)
+        selector = _predicate(item.pop("mask"), here.child("mask"))
+        groups.append((selector, {k: _argument(k, v, here.child(k)) for k, v in item.items()}))
+    return groups
 
 
 def _build_chain(items: Any, where: Where) -> Transform:

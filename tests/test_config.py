@@ -268,3 +268,73 @@ def test_bad_experiment_files_give_one_line_errors(tmp_path, kind, text, expecte
     assert "\n" not in message
     assert str(tmp_path) in message
     assert expected in message
+
+
+# --------------------------------------------------------------- weight-decay options in YAML
+
+DECAY_OPTIONS = CONFIGS / "optimizers" / "adamw_weight_decay_options.yaml"
+
+
+def test_every_weight_decay_option_is_reachable_from_yaml():
+    loaded = config.load_optimizer(DECAY_OPTIONS)
+    lr = optax.cosine_decay_schedule(1e-3, 2000)
+    defaults = {
+        "learning_rate": lr,
+        "peak_learning_rate": 1e-3,
+        "decay_scaling": "corrected",
+        "weight_decay": optax.linear_schedule(0.1, 0.01, 2000),
+        "cautious_weight_decay": True,
+        "anchor": "init",
+        "nesterov": True,
+    }
+    groups = [
+        (masks.ndim_at_most(1), {"weight_decay": 0.0}),
+        (
+            masks.path_matches("Dense_1"),
+            {"learning_rate": optax.cosine_decay_schedule(1e-4, 2000), "peak_learning_rate": 1e-4},
+        ),
+    ]
+    direct = oc.param_groups(oc.adamw, groups, **defaults)
+    params = _mlp_params()
+    grads = jax.tree.map(lambda p: jnp.sin(3 * p) + 0.1, params)
+    results = []
+    for opt in (loaded, direct):
+        state, p = opt.init(params), params
+        for _ in range(3):
+            updates, state = opt.update(grads, state, p)
+            p = optax.apply_updates(p, updates)
+        results.append(p)
+    chex.assert_trees_all_equal(results[0], results[1])
+    assert any(bool(jnp.any(a != b)) for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(params)))
+
+
+BAD_GROUPS = [
+    ("  param_groups: {mask: default}\n", "key 'optimizer.param_groups' must be a non-empty list of groups"),
+    ("  param_groups:\n    - {weight_decay: 0.0}\n", "key 'optimizer.param_groups.0' needs a 'mask'"),
+    (
+        "  param_groups:\n    - {mask: default, wd: 0.0}\n",
+        "key 'optimizer.param_groups.0.wd' is unknown; valid keys: amsgrad, amsgrad_max_of, anchor,",
+    ),
+    ("  param_groups:\n    - {mask: {ndim: 1}}\n", "key 'optimizer.param_groups.0.mask.ndim' is unknown"),
+    ("  anchor: initial\n", "is invalid: anchor must be None, 'init' or a params-shaped pytree, got 'initial'"),
+    (
+        "  learning_rate: {schedule: cosine_decay, init_value: 1.0e-3, decay_steps: 10}\n"
+        "  decay_scaling: corrected\n",
+        "needs peak_learning_rate",
+    ),
+    ("  cautious_weight_decay: 1\n", "cautious_weight_decay must be a bool, got 1"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BAD_GROUPS)
+def test_bad_weight_decay_options_give_one_line_errors(tmp_path, text, expected):
+    path = tmp_path / "bad.yaml"
+    base = "optimizer:\n  preset: adamw\n"
+    if "learning_rate" not in text:
+        base += "  learning_rate: 1.0e-3\n"
+    path.write_text(base + text)
+    with pytest.raises(config.ConfigError) as caught:
+        config.load_optimizer(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert expected in message, message
