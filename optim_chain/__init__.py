@@ -4,7 +4,21 @@ Adam+L2 and AdamW are the same chain with the weight-decay transform in a differ
 
     >>> import optim_chain as oc
     >>> print(oc.adam_l2(1e-3, weight_decay=1e-2))
+    adam_l2(
+      add_l2_regularization(weight_decay=0.01, mask=None),
+      estimate_moments(b1=0.9, b2=0.999, moment_dtype=None),
+      correct_bias(b1=0.9, b2=0.999),
+      normalize_by_second_moment(eps=1e-08, eps_root=0.0),
+      scale_by_learning_rate(learning_rate=0.001),
+    )
     >>> print(oc.adamw(1e-3, weight_decay=1e-2))
+    adamw(
+      estimate_moments(b1=0.9, b2=0.999, moment_dtype=None),
+      correct_bias(b1=0.9, b2=0.999),
+      normalize_by_second_moment(eps=1e-08, eps_root=0.0),
+      scale_by_learning_rate(learning_rate=0.001),
+      decoupled_weight_decay(weight_decay=0.01, multiplier=0.001, mask=None),
+    )
 """
 
 from optim_chain import masks

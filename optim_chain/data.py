@@ -14,7 +14,7 @@ Example::
     >>> from optim_chain import data
     >>> ds = data.digits()
     >>> ds.x_train.shape, ds.num_classes
-    ((1437, 64), 10)
+    ((1438, 64), 10)
 """
 
 from __future__ import annotations

@@ -109,12 +109,18 @@ def single_pass(inner: optax.GradientTransformation) -> Transform:
     Returns:
       A :class:`~optim_chain.Transform` with ``inner`` as its only part.
 
-    Example::
+    Example (run with ``XLA_FLAGS=--xla_backend_extra_options=xla_cpu_use_multi_output_fusion``
+    on a CPU, where ``init`` otherwise warns)::
 
-        # XLA_FLAGS=--xla_backend_extra_options=xla_cpu_use_multi_output_fusion
-        opt = oc.single_pass(oc.adamw(1e-3, weight_decay=1e-2))
-        state = opt.init(params)
-        updates, state = opt.update(grads, state, params)   # oc.adamw's values
+        >>> import warnings, jax.numpy as jnp, optim_chain as oc
+        >>> opt = oc.single_pass(oc.adamw(1e-3, weight_decay=1e-2))
+        >>> params = {"w": jnp.ones((4, 4))}
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     state = opt.init(params)
+        >>> updates, state = opt.update(params, state, params)   # oc.adamw's values
+        >>> updates["w"].shape
+        (4, 4)
 
     ``init`` warns (``UserWarning``) on a CPU backend without multi-output fusion: there each
     group compiles to its own loop reading the inputs again, and the step gets slower.

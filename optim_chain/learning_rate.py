@@ -34,7 +34,9 @@ def scale_by_learning_rate(learning_rate: float | Callable[[jax.Array], Any]) ->
 
     Example::
 
+      >>> import optax, optim_chain as oc
       >>> oc.scale_by_learning_rate(optax.cosine_decay_schedule(1e-3, decay_steps=1000))
+      scale_by_learning_rate(learning_rate=schedule)
     """
     _validation.rate("learning_rate", learning_rate)
 

@@ -17,11 +17,18 @@ is named by its place (``"linear/kernel"``); no other key is dropped, so a leaf 
 
 Example::
 
-    >>> import optim_chain as oc
+    >>> import jax.numpy as jnp, optim_chain as oc
     >>> from optim_chain import masks
+    >>> params = {"Dense_0": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)},
+    ...           "LayerNorm_0": {"scale": jnp.ones(4)}}
     >>> no_norms = ~masks.path_matches(r"(?i)norm") & ~masks.name_is("bias")
     >>> opt = oc.adamw(1e-3, weight_decay=0.1, mask=no_norms)
     >>> print(masks.describe_mask(params, no_norms))   # check before training
+    path               shape   dtype     decays
+    Dense_0/bias       (4,)    float32   no
+    Dense_0/kernel     (3, 4)  float32   yes
+    LayerNorm_0/scale  (4,)    float32   no
+    1 of 3 leaves decay (12 of 20 parameters)
 """
 
 from __future__ import annotations

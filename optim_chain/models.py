@@ -14,6 +14,14 @@ Example::
     >>> from optim_chain import models, masks
     >>> params = models.MLP(hidden=(64,)).init(jax.random.key(0), jnp.zeros((1, 64)))["params"]
     >>> print(masks.describe_mask(params))
+    path               shape     dtype     decays
+    Dense_0/bias       (64,)     float32   no
+    Dense_0/kernel     (64, 64)  float32   yes
+    Dense_1/bias       (10,)     float32   no
+    Dense_1/kernel     (64, 10)  float32   yes
+    LayerNorm_0/bias   (64,)     float32   no
+    LayerNorm_0/scale  (64,)     float32   no
+    2 of 6 leaves decay (4,736 of 4,938 parameters)
 """
 
 from __future__ import annotations

@@ -4,11 +4,13 @@ One overflowing loss in a run of days should cost one step, not the run. :func:`
 wraps any transformation (a preset, a chain, an ``optax`` transformation) so that such a step
 leaves the parameters and the optimizer state exactly as they were, and counts it::
 
-    >>> import optim_chain as oc
+    >>> import jax.numpy as jnp, optim_chain as oc
     >>> opt = oc.adamw(1e-3, weight_decay=0.1, skip_nonfinite=True)   # or oc.skip_nonfinite(...)
+    >>> params = {"w": jnp.ones(3)}
     >>> state = opt.init(params)
-    >>> updates, state = opt.update(grads_with_a_nan, state, params)  # all-zero updates
-    >>> int(state.skipped)                                             # 1
+    >>> updates, state = opt.update({"w": jnp.array([1.0, jnp.nan, 0.0])}, state, params)
+    >>> updates["w"].tolist(), int(state.skipped)
+    ([0.0, 0.0, 0.0], 1)
 """
 
 from __future__ import annotations
@@ -82,8 +84,10 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> Transform:
 
     Example::
 
-      >>> opt = oc.skip_nonfinite(oc.adam(1e-3))
-      >>> # or, equivalently for a preset: oc.adam(1e-3, skip_nonfinite=True)
+      >>> import optim_chain as oc
+      >>> opt = oc.skip_nonfinite(oc.adam(1e-3))   # for a preset: oc.adam(1e-3, skip_nonfinite=True)
+      >>> opt.name, opt.parts[0].name
+      ('skip_nonfinite', 'adam')
     """
     if not (hasattr(inner, "init") and hasattr(inner, "update")):
         raise TypeError(f"skip_nonfinite needs a gradient transformation with init and update, got {inner!r}")

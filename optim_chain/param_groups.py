@@ -6,13 +6,19 @@ plus those overrides, and :func:`param_groups` builds one optimizer per group fr
 any function returning a gradient transformation), routing each leaf to its group with
 ``optax.multi_transform``::
 
-    >>> import optim_chain as oc
+    >>> import jax.numpy as jnp, optim_chain as oc
     >>> from optim_chain import masks
-    >>> from optim_chain.param_groups import param_groups, describe_param_groups
+    >>> params = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}}
     >>> groups = [(masks.ndim_at_most(1), {"weight_decay": 0.0, "learning_rate": 2e-3})]
-    >>> opt = param_groups(oc.adamw, groups, learning_rate=1e-3, weight_decay=0.1)
-    >>> print(describe_param_groups(params, groups))   # which leaf went where
-    >>> print(opt)                                     # the groups and their chains
+    >>> opt = oc.param_groups(oc.adamw, groups, learning_rate=1e-3, weight_decay=0.1)
+    >>> state = opt.init(params)
+    >>> print(oc.describe_param_groups(params, groups))   # which leaf went where
+    path          shape   dtype    group
+    dense/bias    (3,)    float32  0: weight_decay=0.0, learning_rate=0.002
+    dense/kernel  (4, 3)  float32  default
+    group 0 [ndim_at_most(1)] weight_decay=0.0, learning_rate=0.002: 1 leaf, 3 parameters
+    default: 1 leaf, 12 parameters
+    total: 2 leaves, 15 parameters in 2 groups
 
 is the JAX counterpart of::
 
@@ -321,11 +327,15 @@ def param_groups(
 
     Example::
 
+      >>> import optim_chain as oc
+      >>> from optim_chain import masks
       >>> groups = [
       ...     (masks.name_is("bias") | masks.ndim_at_most(1), {"weight_decay": 0.0}),
       ...     (masks.path_matches(r"^embed/"), {"learning_rate": 3e-4}),
       ... ]
-      >>> opt = param_groups(oc.adamw, groups, learning_rate=1e-3, weight_decay=0.1, b2=0.95)
+      >>> opt = oc.param_groups(oc.adamw, groups, learning_rate=1e-3, weight_decay=0.1, b2=0.95)
+      >>> [part.name for part in opt.parts]     # group 0, group 1, the default group
+      ['adamw', 'adamw', 'adamw']
 
     Differences from torch: a leaf in two groups goes to the first (torch refuses it); a leaf in
     no group is optimized with ``defaults`` (torch leaves it alone; to freeze leaves, wrap the
@@ -382,7 +392,16 @@ def describe_param_groups(params: Any, groups: Sequence[tuple[Any, Mapping[str, 
 
     Example::
 
-      >>> print(describe_param_groups(params, [(masks.ndim_at_most(1), {"weight_decay": 0.0})]))
+      >>> import jax.numpy as jnp, optim_chain as oc
+      >>> from optim_chain import masks
+      >>> params = {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}
+      >>> print(oc.describe_param_groups(params, [(masks.ndim_at_most(1), {"weight_decay": 0.0})]))
+      path    shape   dtype    group
+      bias    (3,)    float32  0: weight_decay=0.0
+      kernel  (4, 3)  float32  default
+      group 0 [ndim_at_most(1)] weight_decay=0.0: 1 leaf, 3 parameters
+      default: 1 leaf, 12 parameters
+      total: 2 leaves, 15 parameters in 2 groups
     """
     checked = _check_groups(groups)
     items = leaves_with_paths(params)

@@ -125,8 +125,11 @@ def decay_multiplier(
 
     Example::
 
+      >>> import optax, optim_chain as oc
       >>> schedule = optax.cosine_decay_schedule(1e-3, 1000)
       >>> eta = oc.decay_multiplier(schedule, "corrected", peak_learning_rate=1e-3)
+      >>> round(float(eta(0)), 8), round(float(eta(500)), 8)   # lr^2 / peak: 1e-3, then 0.5e-3 * 0.5
+      (0.001, 0.00025)
     """
     _validation.one_of("decay_scaling", decay_scaling, DECAY_SCALINGS)
     if peak_learning_rate is not None:

@@ -21,14 +21,16 @@ without ``out_shardings``; :func:`state_shardings` makes the layout explicit and
 
 Example::
 
-    >>> import jax, optim_chain as oc
+    >>> import jax, jax.numpy as jnp, optim_chain as oc
     >>> from optim_chain import sharding
-    >>> mesh = sharding.data_fsdp_mesh(data=2)                 # 8 devices: 2 x 4
+    >>> params = {"dense": {"kernel": jnp.ones((64, 32)), "bias": jnp.zeros(32)}}
+    >>> mesh = sharding.data_fsdp_mesh(data=1)           # FSDP over every device (here: 1)
     >>> params, param_sh = sharding.shard_params(params, mesh)
     >>> opt = oc.adamw(1e-3, 0.1, mask=oc.default_decay_mask)
     >>> state_sh = sharding.state_shardings(opt, params, param_sh)
     >>> state = jax.jit(opt.init, out_shardings=state_sh)(params)
-    >>> sharding.per_device_bytes(state)                      # {device: bytes}
+    >>> sum(sharding.per_device_bytes(state).values())   # m and v: 2 x 4 x (64*32 + 32) bytes
+    16644
 
 Reference: Rajbhandari et al., "ZeRO: Memory Optimizations Toward Training Trillion Parameter
 Models", SC 2020 (https://arxiv.org/abs/1910.02054).

@@ -18,6 +18,7 @@ compare and convert decays at the schedule's **peak**, where ``eta`` is
 
 Example::
 
+    >>> import optim_chain as oc
     >>> oc.convert_weight_decay(0.1, 1e-3, source="learning_rate", target="schedule")
     0.0001
     >>> oc.timescale_of(0.1, 1e-3)            # iterations
@@ -93,7 +94,9 @@ def timescale_of(
 
     Example::
 
-      >>> oc.timescale_of(0.1, 1e-3) / 390      # tau_epoch with 390 iterations per epoch
+      >>> import optim_chain as oc
+      >>> oc.timescale_of(0.1, 1e-3) / 400      # tau_epoch with 400 iterations per epoch
+      25.0
 
     Reference: Wang & Aitchison, *How to set AdamW's weight decay as you scale model and
     dataset size*, arXiv 2405.13698, 2024.
@@ -119,8 +122,11 @@ def weight_decay_from_timescale(
 
     Example::
 
+      >>> import optim_chain as oc
       >>> oc.weight_decay_from_timescale(10_000, 1e-3)              # torch's 0.1
+      0.1
       >>> oc.weight_decay_from_timescale(10_000, 1e-3, "schedule")  # the paper's 1e-4
+      0.0001
 
     Reference: Wang & Aitchison, arXiv 2405.13698, 2024.
     """
@@ -152,6 +158,7 @@ def convert_weight_decay(
 
     Example::
 
+      >>> import optim_chain as oc
       >>> oc.convert_weight_decay(0.1, 1e-3, "learning_rate", "schedule")   # torch -> paper
       0.0001
     """
@@ -173,7 +180,9 @@ def normalized_weight_decay(
 
     Example::
 
-      >>> oc.normalized_weight_decay(0.05, batch_size=128, dataset_size=50_000, epochs=100)
+      >>> import optim_chain as oc
+      >>> round(oc.normalized_weight_decay(0.05, batch_size=128, dataset_size=50_000, epochs=100), 8)
+      0.00025298
 
     Reference: Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, ICLR 2019, Sec. 3.2.
     """

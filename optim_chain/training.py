@@ -22,9 +22,10 @@ Example::
     >>> ds = data.digits()
     >>> trainer = training.Trainer(
     ...     models.MLP(), ds, lambda hp: oc.adamw(1e-3, 0.01, mask=oc.masks.DEFAULT_DECAY),
-    ...     batch_size=128, chunk_steps=100)
-    >>> result = trainer.run({}, seeds=[0, 1, 2], steps=500)     # three seeds, one program
-    >>> result.test_accuracy[:, -1]
+    ...     batch_size=128, chunk_steps=10)
+    >>> result = trainer.run({}, seeds=[0, 1, 2], steps=20)     # three seeds, one program
+    >>> result.test_accuracy.shape                              # (seeds, evaluations)
+    (3, 2)
 """
 
 from __future__ import annotations

@@ -8,7 +8,15 @@ for a chain, its parts. That is what lets a preset be printed and taken apart::
     >>> import optim_chain as oc
     >>> opt = oc.adamw(1e-3, weight_decay=0.1)
     >>> print(opt)                       # one primitive per line
-    >>> opt.parts[-1].name               # 'decoupled_weight_decay'
+    adamw(
+      estimate_moments(b1=0.9, b2=0.999, moment_dtype=None),
+      correct_bias(b1=0.9, b2=0.999),
+      normalize_by_second_moment(eps=1e-08, eps_root=0.0),
+      scale_by_learning_rate(learning_rate=0.001),
+      decoupled_weight_decay(weight_decay=0.1, multiplier=0.001, mask=None),
+    )
+    >>> opt.parts[-1].name
+    'decoupled_weight_decay'
     >>> custom = oc.chain(*opt.parts[:-1])   # the same chain without decay: Adam
 """
 

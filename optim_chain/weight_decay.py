@@ -189,7 +189,12 @@ def add_l2_regularization(
 
     Example::
 
-      >>> opt = oc.chain(oc.add_l2_regularization(1e-4), oc.scale_by_learning_rate(0.1))
+      >>> import jax.numpy as jnp, optim_chain as oc
+      >>> opt = oc.chain(oc.add_l2_regularization(0.5), oc.scale_by_learning_rate(0.25))
+      >>> params = {"w": jnp.array([2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([1.0])}, opt.init(params), params)
+      >>> updates["w"].tolist()        # -0.25 * (1 + 0.5 * 2)
+      [-0.5]
     """
     _validation.rate("weight_decay", weight_decay)
     _check_mask(mask)
@@ -265,7 +270,12 @@ def decoupled_weight_decay(
 
     Example::
 
-      >>> opt = oc.chain(oc.scale_by_learning_rate(1e-3), oc.decoupled_weight_decay(0.1, 1e-3))
+      >>> import jax.numpy as jnp, optim_chain as oc
+      >>> opt = oc.chain(oc.scale_by_learning_rate(0.25), oc.decoupled_weight_decay(0.5, 0.25))
+      >>> params = {"w": jnp.array([2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([1.0])}, opt.init(params), params)
+      >>> updates["w"].tolist()        # -0.25 * 1 - 0.25 * 0.5 * 2
+      [-0.5]
 
     References: Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, ICLR 2019;
     Chen et al., *Cautious Weight Decay*, arXiv 2510.12402, 2025.

@@ -58,8 +58,14 @@ def with_decoupled_weight_decay(
 
     Example::
 
+      >>> import optax, optim_chain as oc
       >>> opt = oc.with_decoupled_weight_decay(optax.lion(1e-4, weight_decay=0.0), 1.0, 1e-4,
       ...                                      mask=oc.default_decay_mask)
+      >>> print(opt)
+      with_decoupled_weight_decay(
+        <GradientTransformationExtraArgs>,
+        decoupled_weight_decay(weight_decay=1.0, multiplier=0.0001, mask=default_decay_mask),
+      )
 
     Reference: Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, ICLR 2019.
     """

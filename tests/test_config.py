@@ -316,7 +316,10 @@ BAD_GROUPS = [
         "key 'optimizer.param_groups.0.wd' is unknown; valid keys: amsgrad, amsgrad_max_of, anchor,",
     ),
     ("  param_groups:\n    - {mask: {ndim: 1}}\n", "key 'optimizer.param_groups.0.mask.ndim' is unknown"),
-    ("  anchor: initial\n", "is invalid: anchor must be None, 'init' or a params-shaped pytree, got 'initial'"),
+    (
+        "  anchor: initial\n",
+        "is invalid: anchor must be None, 'init' or a params-shaped pytree, got 'initial'",
+    ),
     (
         "  learning_rate: {schedule: cosine_decay, init_value: 1.0e-3, decay_steps: 10}\n"
         "  decay_scaling: corrected\n",
