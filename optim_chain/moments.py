@@ -6,15 +6,13 @@ Later transforms (:func:`~optim_chain.correct_bias`, :func:`~optim_chain.max_sec
 :func:`~optim_chain.center_second_moment`) refine the pair and
 :func:`~optim_chain.normalize_by_second_moment` turns it back into an update tree.
 
-===================================  ==============================  ==========================
-transform                            ``first``                       ``second``
-===================================  ==============================  ==========================
-:func:`estimate_moments` (Adam)      ``b1*m + (1-b1)*g``             ``b2*v + (1-b2)*g^2``
-:func:`estimate_second_moment`       ``g``                           ``d*v + (1-d)*g^2``
-(RMSProp)
-:func:`accumulate_second_moment`     ``g``                           ``v + g^2``
-(Adagrad)
-===================================  ==============================  ==========================
+============================================  ======================  ==========================
+transform                                     ``first``               ``second``
+============================================  ======================  ==========================
+:func:`estimate_moments` (Adam)               ``b1*m + (1-b1)*g``     ``b2*v + (1-b2)*g^2``
+:func:`estimate_second_moment` (RMSProp)      ``g``                   ``d*v + (1-d)*g^2``
+:func:`accumulate_second_moment` (Adagrad)    ``g``                   ``v + g^2``
+============================================  ======================  ==========================
 
 Dtypes: the state is stored in ``moment_dtype`` (default: each parameter's dtype); the
 arithmetic, decay rates included, runs in at least float32 and is rounded once when stored; the
@@ -244,7 +242,9 @@ def estimate_second_moment(decay: float = 0.99, moment_dtype: Any = None) -> Tra
 def accumulate_second_moment(initial_value: float = 0.0, moment_dtype: Any = None) -> Transform:
     r"""Adagrad's running *sum* of squared gradients; the gradient passes through as numerator.
 
-    .. math:: s_t = s_{t-1} + g_t^2, \quad s_0 = \text{initial\_value}, \qquad \text{first} = g_t
+    .. math:: s_t = s_{t-1} + g_t^2, \qquad \text{first} = g_t
+
+    starting from ``s_0 = initial_value``.
 
     Args:
       initial_value: ``s_0 >= 0`` (``initial_accumulator_value`` in torch; optax uses 0.1).

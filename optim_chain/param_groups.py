@@ -283,7 +283,7 @@ def param_groups(
     Every leaf belongs to exactly one group: the first ``(selector, overrides)`` pair whose
     selector matches it, or, when none does, the default group. Group :math:`i` runs
 
-    .. math:: \text{optimizer\_fn}(\texttt{**defaults}, \texttt{**overrides}_i)
+    .. math:: \mathrm{optimizer\_fn}(\mathrm{defaults} \cup \mathrm{overrides}_i)
 
     (an override replaces the default of the same name) on its own leaves only, with its own
     state; the default group runs ``optimizer_fn(**defaults)``. Since each group's optimizer
