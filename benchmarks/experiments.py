@@ -29,7 +29,7 @@ import optax
 
 import optim_chain as oc
 from optim_chain import _hlo
-from optim_chain.bench import parse_size
+from optim_chain.lab.bench import parse_size
 
 LR, WD, B1, B2, EPS = 1e-3, 1e-2, 0.9, 0.999, 1e-8
 MOF_FLAG = "--xla_backend_extra_options=xla_cpu_use_multi_output_fusion"
@@ -262,7 +262,7 @@ def leaf_major(text: str) -> float:
 
 def schedule(args: argparse.Namespace) -> None:
     """The transformer-like tree with XLA's default and memory-optimized CPU schedulers."""
-    from optim_chain.bench import make_params
+    from optim_chain.lab.bench import make_params
 
     params, grads = make_params(args.size, "tree", jax.devices("cpu")[0])
     cases, texts, order = {}, {}, {}

@@ -6,7 +6,7 @@ python benchmarks/run.py --quick
 
 import sys
 
-from optim_chain.bench import main
+from optim_chain.lab.bench import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -2,7 +2,7 @@
 
 Run:  python examples/flax_linen_trainstate.py [--steps 300]
 
-The model (optim_chain.models.Transformer) has token and position embeddings, LayerNorms,
+The model (optim_chain.lab.models.Transformer) has token and position embeddings, LayerNorms,
 attention and MLP blocks with biases: the mask decides which of them decay. The data is a
 character-level corpus made of the documentation that ships with Python, so nothing is
 downloaded. The optimizer is an ordinary optax transformation, so ``TrainState`` takes it as is.
@@ -17,8 +17,9 @@ import numpy as np
 from flax.training import train_state
 
 import optim_chain as oc
-from optim_chain import data, masks, models
-from optim_chain.training import loss_and_accuracy
+from optim_chain import masks
+from optim_chain.lab import data, models
+from optim_chain.lab.training import loss_and_accuracy
 
 
 def main(argv: list[str] | None = None) -> None:

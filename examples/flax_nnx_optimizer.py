@@ -14,8 +14,9 @@ import numpy as np
 from flax import nnx
 
 import optim_chain as oc
-from optim_chain import data, masks, models
-from optim_chain.training import loss_and_accuracy
+from optim_chain import masks
+from optim_chain.lab import data, models
+from optim_chain.lab.training import loss_and_accuracy
 
 
 def main(argv: list[str] | None = None) -> None:

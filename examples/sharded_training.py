@@ -33,7 +33,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 import optim_chain as oc
-from optim_chain import data, models, sharding
+from optim_chain import sharding
+from optim_chain.lab import data, models
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

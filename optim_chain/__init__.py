@@ -19,103 +19,82 @@ Adam+L2 and AdamW are the same chain with the weight-decay transform in a differ
       scale_by_learning_rate(learning_rate=0.001),
       decoupled_weight_decay(weight_decay=0.01, multiplier=0.001, mask=None),
     )
+
+The public names load on first use (PEP 562): ``import optim_chain`` is cheap, and JAX starts
+when the first transform is built, so the ``optim-chain`` command answers ``--help`` at once.
 """
 
-from optim_chain import masks
-from optim_chain.bias_correction import BiasCorrectionState, correct_bias
-from optim_chain.fusion import MULTI_OUTPUT_FUSION_FLAG, multi_output_fusion_enabled, single_pass
-from optim_chain.learning_rate import LearningRateState, scale_by_learning_rate
-from optim_chain.masks import default_decay_mask, describe_mask
-from optim_chain.moments import (
-    CenteredState,
-    MaxSecondMomentState,
-    MomentEstimates,
-    MomentsState,
-    SecondMomentState,
-    accumulate_second_moment,
-    center_second_moment,
-    estimate_moments,
-    estimate_second_moment,
-    max_second_moment,
-)
-from optim_chain.momentum import MomentumState, add_momentum
-from optim_chain.nonfinite import SkipNonfiniteState, skip_nonfinite
-from optim_chain.normalization import normalize_by_second_moment
-from optim_chain.param_groups import describe_param_groups, param_groups
-from optim_chain.presets import (
-    adagrad,
-    adam,
-    adam_l2,
-    adamw,
-    decay_multiplier,
-    rmsprop,
-    sgd,
-    sgd_l2,
-    sgdw,
-)
-from optim_chain.timescale import (
-    convert_weight_decay,
-    normalized_weight_decay,
-    timescale_of,
-    weight_decay_from_timescale,
-)
-from optim_chain.transform import Transform, chain
-from optim_chain.weight_decay import (
-    DecoupledWeightDecayState,
-    WeightDecayState,
-    add_l2_regularization,
-    decoupled_weight_decay,
-)
-from optim_chain.wrappers import with_decoupled_weight_decay
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "MULTI_OUTPUT_FUSION_FLAG",
-    "BiasCorrectionState",
-    "CenteredState",
-    "DecoupledWeightDecayState",
-    "LearningRateState",
-    "MaxSecondMomentState",
-    "MomentEstimates",
-    "MomentsState",
-    "MomentumState",
-    "SecondMomentState",
-    "SkipNonfiniteState",
-    "Transform",
-    "WeightDecayState",
-    "accumulate_second_moment",
-    "adagrad",
-    "adam",
-    "adam_l2",
-    "adamw",
-    "add_l2_regularization",
-    "add_momentum",
-    "center_second_moment",
-    "chain",
-    "convert_weight_decay",
-    "correct_bias",
-    "decay_multiplier",
-    "decoupled_weight_decay",
-    "default_decay_mask",
-    "describe_mask",
-    "describe_param_groups",
-    "estimate_moments",
-    "estimate_second_moment",
-    "masks",
-    "max_second_moment",
-    "multi_output_fusion_enabled",
-    "normalize_by_second_moment",
-    "normalized_weight_decay",
-    "param_groups",
-    "rmsprop",
-    "scale_by_learning_rate",
-    "sgd",
-    "sgd_l2",
-    "sgdw",
-    "single_pass",
-    "skip_nonfinite",
-    "timescale_of",
-    "weight_decay_from_timescale",
-    "with_decoupled_weight_decay",
-]
+#: Where each public name lives, module by module (``masks`` is the module itself).
+_MODULES: dict[str, tuple[str, ...]] = {
+    "bias_correction": ("BiasCorrectionState", "correct_bias"),
+    "fusion": ("MULTI_OUTPUT_FUSION_FLAG", "multi_output_fusion_enabled", "single_pass"),
+    "groups": ("describe_param_groups", "param_groups"),
+    "learning_rate": ("LearningRateState", "scale_by_learning_rate"),
+    "masks": ("default_decay_mask", "describe_mask"),
+    "moments": (
+        "CenteredState",
+        "MaxSecondMomentState",
+        "MomentEstimates",
+        "MomentsState",
+        "SecondMomentState",
+        "accumulate_second_moment",
+        "center_second_moment",
+        "estimate_moments",
+        "estimate_second_moment",
+        "max_second_moment",
+    ),
+    "momentum": ("MomentumState", "add_momentum"),
+    "nonfinite": ("SkipNonfiniteState", "skip_nonfinite"),
+    "normalization": ("normalize_by_second_moment",),
+    "presets": (
+        "adagrad",
+        "adam",
+        "adam_l2",
+        "adamw",
+        "decay_multiplier",
+        "rmsprop",
+        "sgd",
+        "sgd_l2",
+        "sgdw",
+    ),
+    "timescale": (
+        "convert_weight_decay",
+        "normalized_weight_decay",
+        "timescale_of",
+        "weight_decay_from_timescale",
+    ),
+    "transform": ("Transform", "chain"),
+    "weight_decay": (
+        "DecoupledWeightDecayState",
+        "WeightDecayState",
+        "add_l2_regularization",
+        "decoupled_weight_decay",
+    ),
+    "wrappers": ("with_decoupled_weight_decay",),
+}
+_SUBMODULES = ("masks",)
+_HOME = {name: module for module, names in _MODULES.items() for name in names}
+
+__all__ = sorted([*_HOME, *_SUBMODULES])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        value = importlib.import_module(f"optim_chain.{name}")
+    elif name in _HOME:
+        value = getattr(importlib.import_module(f"optim_chain.{_HOME[name]}"), name)
+    else:
+        raise AttributeError(f"module 'optim_chain' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from helpers import cpu_devices_env
 
-from optim_chain import bench
+from optim_chain.lab import bench
 
 
 @pytest.mark.parametrize(
@@ -76,7 +76,7 @@ def test_single_pass_run_turns_on_multi_output_fusion(tmp_path):
     # a child process: the compiler option only takes effect before jax starts its backend
     argv = ["--sizes", "3k", "--optimizers", "adamw", "--layouts", "leaf", "--donate", "yes"]
     argv += ["--repeats", "1", "--warmup", "0", "--compiles", "1", "--no-torch", "--single-pass"]
-    command = [sys.executable, "-m", "optim_chain.bench", *argv, "--out", str(tmp_path)]
+    command = [sys.executable, "-m", "optim_chain.lab.bench", *argv, "--out", str(tmp_path)]
     done = subprocess.run(command, env=cpu_devices_env(1), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "bench.json").read_text())

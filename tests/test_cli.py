@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from optim_chain import cli
+from optim_chain.lab import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,7 +51,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 def test_console_script_points_at_main():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["optim-chain"] == "optim_chain.cli:main"
+    assert scripts["optim-chain"] == "optim_chain.lab.cli:main"
 
 
 def test_compare_end_to_end(tmp_path, capsys):
@@ -130,7 +130,7 @@ def test_bench_dispatches_lazily_or_explains(monkeypatch, capsys):
 
     monkeypatch.setattr(cli.importlib, "import_module", missing)
     assert cli.main(["bench", "--anything"]) == 2
-    assert "optim_chain.bench is not installed" in capsys.readouterr().err
+    assert "optim_chain.lab.bench is not installed" in capsys.readouterr().err
 
 
 def test_bench_passes_its_arguments(monkeypatch):
@@ -138,8 +138,78 @@ def test_bench_passes_its_arguments(monkeypatch):
     import types
 
     seen = []
-    fake = types.ModuleType("optim_chain.bench")
+    fake = types.ModuleType("optim_chain.lab.bench")
     fake.main = lambda argv: seen.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "optim_chain.bench", fake)
+    monkeypatch.setitem(sys.modules, "optim_chain.lab.bench", fake)
     assert cli.main(["bench", "--config", "x.yaml", "--quick"]) == 0
     assert seen == [["--config", "x.yaml", "--quick"]]
+
+
+# ------------------------------------------------------------------- what a new user ran into
+
+
+def _one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    assert err.startswith(f"optim-chain {command}: "), err
+    return err
+
+
+def test_masks_of_an_optimizer_file_is_one_line(capsys):
+    path = str(ROOT / "configs" / "presets" / "adamw.yaml")
+    assert cli.main(["masks", "--config", path]) == 2
+    err = _one_line_error(capsys, "masks")
+    assert "holds one optimizer, not an experiment" in err and f"optim-chain show --config {path}" in err
+
+
+def test_unwritable_out_is_one_line_before_training(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    config = _write(tmp_path, TINY_COMPARE)
+    assert (
+        cli.main(["compare", "--config", str(config), "--out", str(blocker / "runs"), "--no-progress"]) == 2
+    )
+    err = _one_line_error(capsys, "compare")
+    assert "cannot write results to --out" in err and str(blocker / "runs") in err
+    assert capsys.readouterr().out == ""  # nothing was trained
+
+
+def test_empty_config_file_is_refused(tmp_path, capsys):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("\n# nothing here\n")
+    assert cli.main(["compare", "--config", str(empty)]) == 2
+    assert "is empty" in _one_line_error(capsys, "compare")
+
+
+def test_a_second_run_never_overwrites_the_first(tmp_path, capsys):
+    config = _write(tmp_path, TINY_COMPARE)
+    out = tmp_path / "runs"
+    for _ in range(2):
+        assert cli.main(["compare", "--config", str(config), "--out", str(out), "--no-progress"]) == 0
+    first, second = out / "tiny_compare", out / "tiny_compare-2"
+    assert (first / "metrics.json").exists() and (second / "metrics.json").exists()
+    assert "holds an earlier run; writing to" in capsys.readouterr().err
+    summary = (second / "summary.md").read_text()
+    assert summary.startswith("# optim-chain compare: tiny_compare\n")
+
+
+def test_show_into_a_closed_pipe_ends_quietly(monkeypatch, tmp_path, capsys):
+    """``optim-chain show ... | head``: the reader goes away; status 0, no traceback."""
+    import sys
+
+    class ClosedPipe:
+        def __init__(self):
+            self.handle = open(tmp_path / "stdout", "w")  # noqa: SIM115 (a real descriptor for dup2)
+
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def fileno(self):
+            return self.handle.fileno()
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert cli.main(["show", "--config", str(ROOT / "configs" / "compare.yaml")]) == 0
+    assert "Traceback" not in capsys.readouterr().err

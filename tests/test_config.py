@@ -13,7 +13,8 @@ import optax
 import pytest
 
 import optim_chain as oc
-from optim_chain import config, data, masks, models
+from optim_chain import masks
+from optim_chain.lab import config, data, models
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PRESET_FILES = sorted((CONFIGS / "presets").glob("*.yaml"))

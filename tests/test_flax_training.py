@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import optim_chain as oc
-from optim_chain import data, diagnostics, masks, models, training
+from optim_chain import masks
+from optim_chain.lab import data, diagnostics, models, training
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import optim_chain as oc
 from optim_chain import masks
-from optim_chain.param_groups import describe_param_groups, param_groups
+from optim_chain.groups import describe_param_groups, param_groups
 from optim_chain.transform import Transform
 
 STEPS = 40

@@ -239,7 +239,8 @@ def test_one_loop_per_array_with_multi_output_fusion():
 def test_flax_nnx_optimizer_takes_it():
     from flax import nnx
 
-    from optim_chain import masks, models
+    from optim_chain import masks
+    from optim_chain.lab import models
 
     def train(tx):
         model = models.NNXMLP(8, hidden=(6,), rngs=nnx.Rngs(0))

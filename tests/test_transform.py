@@ -258,3 +258,35 @@ def test_decay_without_params_says_so():
     opt = oc.adamw(1e-3)
     with pytest.raises(ValueError, match=re.escape("decoupled_weight_decay needs the params")):
         opt.update(_grads(0), opt.init(PARAMS))
+
+
+def test_the_library_never_imports_the_lab_or_its_dependencies():
+    """``import optim_chain`` and building and stepping a preset load no lab module, YAML,
+    scikit-learn, matplotlib or tqdm (checked in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, jax.numpy as jnp, optim_chain as oc\n"
+        "opt = oc.adamw(1e-3, 0.1, mask=oc.default_decay_mask)\n"
+        "p = {'w': jnp.ones((2, 2))}\n"
+        "opt.update(p, opt.init(p), p)\n"
+        "oc.param_groups(oc.adamw, [], learning_rate=1e-3)\n"
+        "bad = [m for m in sys.modules if m.startswith('optim_chain.lab') or m.split('.')[0] in "
+        "('yaml', 'sklearn', 'matplotlib', 'tqdm', 'mnist1d')]\n"
+        "print(bad)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "[]", run.stdout
+
+
+def test_importing_the_package_does_not_start_jax():
+    """The public names load on first use, so the command line answers ``--help`` without JAX."""
+    import subprocess
+    import sys
+
+    code = "import sys, optim_chain, optim_chain.lab.cli\nprint('jax' in sys.modules)\n"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "False"

@@ -14,13 +14,20 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from optim_chain.diagnostics import Separability
+from optim_chain.lab.diagnostics import Separability
 
 COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
 
 
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
 def training_curves(path: Path, curves: Mapping[str, Mapping[str, np.ndarray]]) -> None:
     """Train loss, test loss and test accuracy against steps: the mean over seeds with a min-max band.
+
+    Each optimizer has its own colour, line style and marker, so that curves lying on top of
+    each other (Adam and AdamW at a small decay) stay visible.
 
     Args:
       path: the PNG to write.
@@ -29,18 +36,31 @@ def training_curves(path: Path, curves: Mapping[str, Mapping[str, np.ndarray]]) 
     """
     fig = Figure(figsize=(13, 3.8), layout="constrained")
     axes = fig.subplots(1, 3)
-    for (label, curve), color in zip(curves.items(), COLORS * 4):
+    for index, (label, curve) in enumerate(curves.items()):
+        color = COLORS[index % len(COLORS)]
+        style = {
+            "color": color,
+            "linestyle": LINESTYLES[index % len(LINESTYLES)],
+            "marker": MARKERS[index % len(MARKERS)],
+            "markevery": 0.1 + 0.03 * index,  # markers at other steps, so that none hides another
+            "markersize": 5,
+            "markerfacecolor": "none",
+        }
         steps = np.asarray(curve["step"])
         for ax, key in zip(axes, ("train_loss", "test_loss", "test_accuracy")):
             values = np.asarray(curve[key], np.float64)
-            ax.plot(steps, values.mean(0), color=color, label=label)
-            ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.2, linewidth=0)
+            runs = values.shape[0]
+            ax.plot(steps, values.mean(0), label=f"{label} (mean of {runs} seeds)", **style)
+            band = f"{label}: min to max over seeds"
+            ax.fill_between(
+                steps, values.min(0), values.max(0), color=color, alpha=0.15, linewidth=0, label=band
+            )
     for ax, title in zip(axes, ("training loss (mean over the chunk)", "test loss", "test accuracy")):
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
-    axes[0].legend()
+    axes[0].legend(fontsize=7)
     fig.savefig(path, dpi=110)
 
 
@@ -128,19 +148,34 @@ def heatmaps(
                     text = f"{100 * error[i, j]:.0f}" if np.isfinite(error[i, j]) else "nan"
                     dark = norm(shown[i, j]) > 0.6
                     ax.text(
-                        i, j, text, ha="center", va="center", fontsize=6, color="white" if dark else "black"
+                        i, j, text, ha="center", va="center", fontsize=8, color="white" if dark else "black"
                     )
             sep: Separability = panel["separability"]
             best_j = [list(wds).index(w) for w in sep.best_weight_decay]
             used = np.asarray(sep.rows_used)
             xs = np.arange(len(lrs))
             ax.plot(
-                xs[used], np.asarray(best_j)[used], "o-", color="white", markersize=5, markeredgecolor="k"
+                xs[used],
+                np.asarray(best_j)[used],
+                "o-",
+                color="white",
+                markersize=5,
+                markeredgecolor="k",
+                label="best wd of each lr (in the slope fit)",
             )
             if (~used).any():
-                ax.plot(xs[~used], np.asarray(best_j)[~used], "o", color="0.6", markersize=4)
+                ax.plot(
+                    xs[~used],
+                    np.asarray(best_j)[~used],
+                    "o",
+                    color="0.6",
+                    markersize=4,
+                    label="best wd, lr left out (did not train)",
+                )
             bi, bj = np.unravel_index(np.argmin(shown), shown.shape)
-            ax.plot(bi, bj, "*", color="red", markersize=14, markeredgecolor="k")
+            ax.plot(bi, bj, "*", color="red", markersize=14, markeredgecolor="k", label="best cell")
+            if r == 0 and c == 0:
+                ax.legend(fontsize=7, loc="upper left", framealpha=0.85)
             slope = f"{sep.slope:+.2f}" if np.isfinite(sep.slope) else "n/a"
             ax.set_title(
                 f"{panel['label']}: slope {slope}, spread {sep.spread_decades:.1f} dec, "
@@ -149,6 +184,7 @@ def heatmaps(
             )
             fig.colorbar(image, ax=ax, label=metric_name, shrink=0.85)
     fig.suptitle(
-        "final " + metric_name + " (colour) and test error % (numbers); dots: best weight decay per lr"
+        "final " + metric_name + " (colour) and test error % (numbers); white dots: best weight decay per "
+        "learning rate (grey: learning rates left out of the fit)"
     )
     fig.savefig(path, dpi=100)

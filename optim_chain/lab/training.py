@@ -18,7 +18,7 @@ curves and lets a progress bar advance.
 Example::
 
     >>> import optim_chain as oc
-    >>> from optim_chain import data, models, training
+    >>> from optim_chain.lab import data, models, training
     >>> ds = data.digits()
     >>> trainer = training.Trainer(
     ...     models.MLP(), ds, lambda hp: oc.adamw(1e-3, 0.01, mask=oc.masks.DEFAULT_DECAY),
@@ -42,7 +42,7 @@ from flax import linen as nn
 from flax import nnx
 from flax.training import train_state
 
-from optim_chain.data import Dataset
+from optim_chain.lab.data import Dataset
 
 Hyperparams = Mapping[str, Any]
 OptimizerBuilder = Callable[[Hyperparams], optax.GradientTransformation]
@@ -102,7 +102,7 @@ def batch_indices(seed: int, steps: int, batch_size: int, num_examples: int) -> 
 
 
 class Trainer:
-    """Trains a linen model on a :class:`~optim_chain.data.Dataset`, many runs at once.
+    """Trains a linen model on a :class:`~optim_chain.lab.data.Dataset`, many runs at once.
 
     A run is fixed by its hyperparameters and its seed: the seed sets the initial parameters
     (``model.init`` with an ``"rbg"`` key, which compiles quickly on CPU) and the batches

@@ -6,12 +6,12 @@
 
 Both return a :class:`Dataset` of NumPy arrays with a fixed train/test split, so that every
 optimizer in a comparison sees the same examples. Inputs and labels are shaped for the models in
-:mod:`optim_chain.models`: digits are ``float32[n, 64]`` with ``int32[n]`` labels, text is
+:mod:`optim_chain.lab.models`: digits are ``float32[n, 64]`` with ``int32[n]`` labels, text is
 ``int32[n, seq_len]`` tokens with ``int32[n, seq_len]`` next-token labels.
 
 Example::
 
-    >>> from optim_chain import data
+    >>> from optim_chain.lab import data
     >>> ds = data.digits()
     >>> ds.x_train.shape, ds.num_classes
     ((1438, 64), 10)
@@ -23,7 +23,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-DATASETS = ("digits", "text")
+DATASETS = ("digits", "text", "mnist1d")
+EVALUATION_SPLITS = ("test", "validation")
 
 
 class Dataset(NamedTuple):
@@ -34,6 +35,7 @@ class Dataset(NamedTuple):
       x_train, y_train, x_test, y_test: NumPy arrays (inputs and integer labels).
       num_classes: the number of classes (the vocabulary size for text).
       vocabulary: for text, the characters that the token ids stand for; empty otherwise.
+      x_val, y_val: a validation split carved from the training data, where the data set has one.
     """
 
     name: str
@@ -43,6 +45,8 @@ class Dataset(NamedTuple):
     y_test: np.ndarray
     num_classes: int
     vocabulary: str = ""
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
 
 
 def _check_fraction(test_fraction: float) -> None:
@@ -121,8 +125,62 @@ def text(seq_len: int = 64, test_fraction: float = 0.1, min_count: int = 20) -> 
     )
 
 
+def mnist1d(
+    seed: int = 42,
+    num_samples: int = 5000,
+    validation_fraction: float = 0.2,
+    train_size: int = 0,
+    evaluation_split: str = "test",
+) -> Dataset:
+    """MNIST-1D (Greydanus & Kobak, ICML 2024), generated here by the ``mnist1d`` package.
+
+    ``mnist1d.data.make_dataset`` builds the data from its ten digit templates with the package's
+    default arguments (40-point signals, an 80/20 train/test split), the generation seed set to
+    ``seed``; nothing is downloaded. The last ``validation_fraction`` of the training examples
+    (the package's order is already shuffled) are held out as a validation split, so that
+    hyperparameters can be tuned without reading the test split.
+
+    Args:
+      seed: the generation seed (the package's default is 42): another seed, another data set.
+      num_samples: examples generated in all (train, validation and test).
+      validation_fraction: the share of the training examples held out for validation, in (0, 1).
+      train_size: keep only the first ``train_size`` training examples (0: all of them), for
+        studies of how results change with the amount of data.
+      evaluation_split: ``"test"``, or ``"validation"`` to put the validation split where the
+        training loops read the test split (tuning: the test split is then never read).
+
+    Returns:
+      ``float32[n, 40]`` signals with ``int32`` labels; ``x_val``/``y_val`` hold the validation split.
+    """
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must lie in (0, 1), got {validation_fraction!r}")
+    if evaluation_split not in EVALUATION_SPLITS:
+        raise ValueError(
+            f"evaluation_split must be one of {', '.join(EVALUATION_SPLITS)}; got {evaluation_split!r}"
+        )
+    args = get_dataset_args()
+    args.seed, args.num_samples = int(seed), int(num_samples)
+    generated = make_dataset(args)
+    x, y = generated["x"].astype(np.float32), generated["y"].astype(np.int32)
+    n_val = int(round(validation_fraction * len(y)))
+    x_train, y_train, x_val, y_val = x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:]
+    if train_size:
+        if not 0 < train_size <= len(y_train):
+            raise ValueError(f"train_size must lie in [1, {len(y_train)}], got {train_size!r}")
+        x_train, y_train = x_train[:train_size], y_train[:train_size]
+    x_test, y_test = generated["x_test"].astype(np.float32), generated["y_test"].astype(np.int32)
+    if evaluation_split == "validation":
+        x_test, y_test = x_val, y_val
+    return Dataset("mnist1d", x_train, y_train, x_test, y_test, 10, x_val=x_val, y_val=y_val)
+
+
+LOADERS = {"digits": digits, "text": text, "mnist1d": mnist1d}
+
+
 def load(name: str, **kwargs: object) -> Dataset:
-    """The data set called ``name`` (``"digits"`` or ``"text"``) with its keyword arguments."""
+    """The data set called ``name`` (``"digits"``, ``"text"`` or ``"mnist1d"``) with its keyword arguments."""
     if name not in DATASETS:
         raise ValueError(f"data set must be one of {', '.join(DATASETS)}; got {name!r}")
-    return digits(**kwargs) if name == "digits" else text(**kwargs)  # type: ignore[arg-type]
+    return LOADERS[name](**kwargs)  # type: ignore[arg-type]

@@ -3,7 +3,8 @@
 Each model has the kinds of parameters a decay mask has to tell apart: weight matrices
 (``kernel``), embeddings (``embedding``), biases and LayerNorm ``scale``/``bias``.
 
-* :class:`MLP` / :class:`NNXMLP`: a classifier for flat inputs (the digits).
+* :class:`MLP` / :class:`NNXMLP`: a classifier for flat inputs (the digits, MNIST-1D).
+* :class:`CNN`: the MNIST-1D paper's convolutional network for 1-D signals.
 * :class:`Transformer` / :class:`NNXTransformer`: a small pre-LayerNorm causal transformer for
   character-level language modelling (token and position embeddings, attention and MLP blocks
   with biases, a final LayerNorm).
@@ -11,7 +12,8 @@ Each model has the kinds of parameters a decay mask has to tell apart: weight ma
 Example::
 
     >>> import jax, jax.numpy as jnp
-    >>> from optim_chain import models, masks
+    >>> from optim_chain import masks
+    >>> from optim_chain.lab import models
     >>> params = models.MLP(hidden=(64,)).init(jax.random.key(0), jnp.zeros((1, 64)))["params"]
     >>> print(masks.describe_mask(params))
     path               shape     dtype     decays
@@ -51,6 +53,25 @@ class MLP(nn.Module):
                 x = nn.LayerNorm()(x)
             x = nn.relu(x)
         return nn.Dense(self.num_classes)(x)
+
+
+class CNN(nn.Module):
+    """The convolutional network of the MNIST-1D paper, for ``[batch, length]`` signals.
+
+    Three 1-D convolutions with ``channels`` filters (kernel 5, then 3 and 3; stride 2; padding
+    1; ReLU), flattened into one linear layer: 5,210 parameters for 40-point signals, whose
+    published test accuracy is 94% (Greydanus & Kobak, ICML 2024).
+    """
+
+    num_classes: int = 10
+    channels: int = 25
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x[..., None]  # [batch, length, 1]
+        for kernel in (5, 3, 3):
+            x = nn.relu(nn.Conv(self.channels, (kernel,), strides=(2,), padding=[(1, 1)])(x))
+        return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
 
 
 class Block(nn.Module):

@@ -6,7 +6,7 @@
   ``effective_decay.png``.
 * :func:`sweep` trains a learning-rate x weight-decay grid per optimizer, the whole grid as one
   vmapped program, draws the heatmaps side by side (Loshchilov & Hutter, Figure 2), computes
-  separability numbers (:func:`optim_chain.diagnostics.separability`) and times the same grid
+  separability numbers (:func:`optim_chain.lab.diagnostics.separability`) and times the same grid
   trained one run at a time. It writes ``summary.md``, ``metrics.json`` and ``heatmaps.png``.
 """
 
@@ -25,9 +25,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from optim_chain import diagnostics, plots
-from optim_chain.config import Experiment, OptimizerSpec
-from optim_chain.training import Trainer, unstack
+from optim_chain.lab import diagnostics, plots
+from optim_chain.lab.config import Experiment, OptimizerSpec
+from optim_chain.lab.training import Trainer, unstack
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:
@@ -78,8 +78,16 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _output_dir(out_dir: str | Path, name: str) -> Path:
-    path = Path(out_dir) / name
+    """A new, empty folder for the run: ``<out_dir>/<name>``, or ``<name>-2``, ``-3``, ... when
+    that one already holds an earlier run (a result is never overwritten)."""
+    base = Path(out_dir)
+    path, number = base / name, 1
+    while path.exists() and (not path.is_dir() or any(path.iterdir())):
+        number += 1
+        path = base / f"{name}-{number}"
     path.mkdir(parents=True, exist_ok=True)
+    if number > 1:
+        print(f"{base / name} holds an earlier run; writing to {path}", file=sys.stderr)
     return path
 
 
@@ -115,7 +123,7 @@ def compare(
     """Runs a ``compare`` experiment and writes ``<out_dir>/<name>/``; returns the metrics.
 
     Args:
-      experiment: from :func:`optim_chain.config.load_experiment` with ``kind="compare"``.
+      experiment: from :func:`optim_chain.lab.config.load_experiment` with ``kind="compare"``.
       out_dir: the parent of the run directory.
       progress: show a progress bar on stderr.
       echo: where the result table is printed.
@@ -230,12 +238,17 @@ def _chain_listing(title: str, results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _title(kind: str, name: str) -> str:
+    """The summary's heading: the command, and the run's name where it says more."""
+    return f"# optim-chain {kind}" if name == kind else f"# optim-chain {kind}: {name}"
+
+
 def _compare_summary(
     experiment: Experiment, results: dict[str, Any], table: str, wall: float, path: Path
 ) -> str:
     t = experiment.training
     lines = [
-        f"# compare: {experiment.name}",
+        _title("compare", experiment.name),
         "",
         f"Config: `{experiment.source}`. Data: {experiment.data}. Model: {experiment.model}.",
         f"{t.steps} steps of batch {t.batch_size}, seeds {t.first_seed}..{t.first_seed + t.seeds - 1} "
@@ -476,7 +489,7 @@ def _sweep_summary(
 ) -> str:
     t = experiment.training
     lines = [
-        f"# sweep: {experiment.name}",
+        _title("sweep", experiment.name),
         "",
         f"Config: `{experiment.source}`. Data: {experiment.data}. Model: {experiment.model}.",
         f"{t.steps} steps of batch {t.batch_size} per run, {t.seeds} seed(s) per cell (every cell sees the",

@@ -61,8 +61,9 @@ import optax
 import yaml
 
 import optim_chain as oc
-from optim_chain import data as data_lib
-from optim_chain import masks, models
+from optim_chain import masks
+from optim_chain.lab import data as data_lib
+from optim_chain.lab import models
 from optim_chain.transform import Transform
 
 PRESETS: dict[str, Callable[..., Transform]] = {
@@ -101,7 +102,9 @@ SCHEDULES: dict[str, Callable[..., optax.Schedule]] = {
 MASK_NAMES = ("default", "all")
 MASK_OPERATORS = ("name_is", "path_matches", "ndim_at_least", "ndim_at_most", "not", "all_of", "any_of")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
-MODELS = ("mlp", "transformer")
+MODELS = ("mlp", "cnn", "transformer")
+#: The data sets each model reads.
+MODEL_DATA = {"mlp": ("digits", "mnist1d"), "cnn": ("mnist1d",), "transformer": ("text",)}
 #: Arguments that take a schedule as well as a number.
 RATE_ARGUMENTS = ("learning_rate", "multiplier", "weight_decay")
 
@@ -386,6 +389,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise where.error(f"is not valid YAML: {' '.join(str(error).split())}") from None
     except RecursionError:
         raise where.error("is not valid YAML: it is nested too deeply") from None
+    if loaded is None:
+        raise where.error(
+            "is empty; write the keys to change, or leave --config out for the built-in default"
+        )
     return _mapping(loaded, where)
 
 
@@ -443,7 +450,7 @@ class Experiment:
     Attributes:
       kind: ``"compare"`` or ``"sweep"``.
       name: the run's name; results go to ``runs/<name>/``.
-      data: the data set's name and keyword arguments (see :mod:`optim_chain.data`).
+      data: the data set's name and keyword arguments (see :mod:`optim_chain.lab.data`).
       model: the model's name and keyword arguments.
       training: see :class:`Training`.
       optimizers: label -> :class:`OptimizerSpec`, in file order.
@@ -472,12 +479,15 @@ class Experiment:
         arguments = {k: v for k, v in self.model.items() if k != "name"}
         if self.model["name"] == "mlp":
             return models.MLP(num_classes=dataset.num_classes, **arguments)
+        if self.model["name"] == "cnn":
+            return models.CNN(num_classes=dataset.num_classes, **arguments)
         return models.Transformer(
             vocab_size=dataset.num_classes, max_len=dataset.x_train.shape[1], **arguments
         )
 
 
 _MLP_ARGUMENTS = {"hidden": [128], "layer_norm": True}
+_CNN_ARGUMENTS = {"channels": 25}
 _TRANSFORMER_ARGUMENTS = {"d_model": 64, "num_heads": 4, "num_layers": 2}
 
 #: The default ``compare`` experiment (``configs/compare.yaml`` spells out the same).
@@ -575,7 +585,7 @@ def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str]
 
     * ``name``: results go to ``runs/<name>/``.
     * ``data``: ``{name: digits | text, ...}`` with the keyword arguments of
-      :func:`optim_chain.data.digits` or :func:`optim_chain.data.text`.
+      :func:`optim_chain.lab.data.digits` or :func:`optim_chain.lab.data.text`.
     * ``model``: ``{name: mlp, hidden: [128], layer_norm: true}`` or
       ``{name: transformer, d_model: 64, num_heads: 4, num_layers: 2}``.
     * ``training``: ``steps``, ``batch_size``, ``eval_every``, ``seeds``, ``first_seed``.
@@ -647,15 +657,19 @@ def _data(raw: Any, where: Where) -> dict[str, Any]:
     name = raw.get("name", "digits")
     if name not in data_lib.DATASETS:
         raise where.child("name").error(f"is {name!r}; valid choices: {_choices(data_lib.DATASETS)}")
-    parameters = inspect.signature(data_lib.digits if name == "digits" else data_lib.text).parameters
+    parameters = inspect.signature(data_lib.LOADERS[name]).parameters
     _check_keys(raw, ["name", *parameters], where)
     checked: dict[str, Any] = {"name": name}
     for key, value in raw.items():
         here = where.child(key)
-        if key == "test_fraction":
+        if key in ("test_fraction", "validation_fraction"):
             checked[key] = _number(value, here)
             if not 0 < checked[key] < 1:
                 raise here.error(f"must lie in (0, 1), got {value!r}")
+        elif key == "evaluation_split":
+            if value not in data_lib.EVALUATION_SPLITS:
+                raise here.error(f"is {value!r}; valid choices: {_choices(data_lib.EVALUATION_SPLITS)}")
+            checked[key] = value
         elif key != "name":
             checked[key] = _integer(value, here, 2 if key == "seq_len" else 0)
     return checked
@@ -666,10 +680,12 @@ def _model(raw: Any, data_name: str, where: Where) -> dict[str, Any]:
     name = raw.get("name", "mlp")
     if name not in MODELS:
         raise where.child("name").error(f"is {name!r}; valid choices: {_choices(MODELS)}")
-    expected = "digits" if name == "mlp" else "text"
-    if data_name != expected:
-        raise where.child("name").error(f"is {name!r}, which needs data.name {expected!r}, not {data_name!r}")
-    defaults = _MLP_ARGUMENTS if name == "mlp" else _TRANSFORMER_ARGUMENTS
+    expected = MODEL_DATA[name]
+    if data_name not in expected:
+        raise where.child("name").error(
+            f"is {name!r}, which needs data.name {' or '.join(map(repr, expected))}, not {data_name!r}"
+        )
+    defaults = {"mlp": _MLP_ARGUMENTS, "cnn": _CNN_ARGUMENTS, "transformer": _TRANSFORMER_ARGUMENTS}[name]
     _check_keys(raw, ["name", *defaults], where)
     checked: dict[str, Any] = {"name": name}
     for key, value in raw.items():

@@ -6,7 +6,7 @@ Subcommands (each takes ``--config FILE`` and repeated ``--set key.path=value``)
     optim-chain sweep        # learning-rate x weight-decay heatmaps, each grid one vmapped program
     optim-chain masks        # which parameters of the experiment's model each optimizer decays
     optim-chain show --config configs/presets/adamw.yaml   # print an optimizer's chain
-    optim-chain bench ...    # optimizer-step benchmarks (optim_chain.bench)
+    optim-chain bench ...    # optimizer-step benchmarks (optim_chain.lab.bench)
 
 A mistake in a config file is reported on one line (file, key, valid choices) with exit status 2.
 """
@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
-from optim_chain import config
+# JAX, Flax and the configs load only once a command runs, so that --help answers at once.
 
 
 def _experiment_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
@@ -64,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--config", required=True, help="a YAML file with 'optimizer:' or an experiment")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     commands.add_parser(
-        "bench", help="optimizer-step benchmarks; arguments go to optim_chain.bench", add_help=False
+        "bench", help="optimizer-step benchmarks; arguments go to optim_chain.lab.bench", add_help=False
     )
     return parser
 
@@ -83,6 +86,8 @@ def _shortcuts(args: argparse.Namespace) -> list[str]:
 
 
 def _kind_of(path: str) -> str:
+    from optim_chain.lab import config
+
     raw = config.read_yaml(path)
     if "optimizer" in raw:
         return "optimizer"
@@ -94,6 +99,8 @@ def _kind_of(path: str) -> str:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from optim_chain.lab import config
+
     kind = _kind_of(args.config)
     if kind == "optimizer":
         raw = config.apply_overrides(config.read_yaml(args.config), args.overrides, config.Where(args.config))
@@ -115,9 +122,15 @@ def _show(args: argparse.Namespace) -> int:
 def _masks(args: argparse.Namespace) -> int:
     import jax
 
-    from optim_chain import diagnostics, masks
+    from optim_chain import masks
+    from optim_chain.lab import config, diagnostics
 
     kind = _kind_of(args.config) if args.config else "compare"
+    if kind == "optimizer":
+        raise config.Where(args.config).error(
+            "holds one optimizer, not an experiment: masks needs a compare or sweep file (its model "
+            f"defines the parameters); for this optimizer's chain run optim-chain show --config {args.config}"
+        )
     experiment = config.load_experiment(args.config, kind, args.overrides)
     dataset = experiment.load_data()
     model = experiment.build_model(dataset)
@@ -137,13 +150,47 @@ def _masks(args: argparse.Namespace) -> int:
 
 def _bench(argv: list[str]) -> int:
     try:
-        bench = importlib.import_module("optim_chain.bench")
+        bench = importlib.import_module("optim_chain.lab.bench")
     except ModuleNotFoundError as error:
-        if error.name != "optim_chain.bench":
+        if error.name != "optim_chain.lab.bench":
             raise
-        print("optim-chain bench: the benchmark module optim_chain.bench is not installed", file=sys.stderr)
+        print("optim-chain bench: the module optim_chain.lab.bench is not installed", file=sys.stderr)
         return 2
     return int(bench.main(argv) or 0)
+
+
+def _writable(out: str) -> str | None:
+    """Why results cannot be written under ``out``, or ``None`` when they can."""
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        return f"cannot write results to --out {out!r}: {error.strerror or error}"
+    return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from optim_chain.lab import config
+
+    try:
+        if args.command == "show":
+            return _show(args)
+        if args.command == "masks":
+            return _masks(args)
+        experiment = config.load_experiment(args.config, args.command, _shortcuts(args))
+        problem = _writable(args.out)
+        if problem:
+            print(f"optim-chain {args.command}: {problem}", file=sys.stderr)
+            return 2
+        from optim_chain.lab import experiments
+
+        run = experiments.compare if args.command == "compare" else experiments.sweep
+        run(experiment, out_dir=args.out, progress=not args.no_progress)
+        return 0
+    except config.ConfigError as error:
+        print(f"optim-chain {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,19 +200,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _bench(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "show":
-            return _show(args)
-        if args.command == "masks":
-            return _masks(args)
-        from optim_chain import experiments
-
-        experiment = config.load_experiment(args.config, args.command, _shortcuts(args))
-        run = experiments.compare if args.command == "compare" else experiments.sweep
-        run(experiment, out_dir=args.out, progress=not args.no_progress)
+        status = _run(args)
+        sys.stdout.flush()  # inside the try: a closed pipe shows at the flush
+        return status
+    except BrokenPipeError:
+        # the reader went away (optim-chain show ... | head): stop quietly, as other tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return 0
-    except config.ConfigError as error:
-        print(f"optim-chain {args.command}: {error}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":
