@@ -361,8 +361,8 @@ MALFORMED: dict[str, tuple[str, str | bytes, tuple[str, ...]]] = {
     ),
     "unknown-model": (
         "compare",
-        "model: {name: cnn}\n",
-        ("key 'model.name' is 'cnn'; valid choices: mlp, transformer",),
+        "model: {name: resnet}\n",
+        ("key 'model.name' is 'resnet'; valid choices: mlp, cnn, transformer",),
     ),
     "unknown-data": (
         "compare",
