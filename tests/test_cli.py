@@ -59,7 +59,7 @@ def test_compare_end_to_end(tmp_path, capsys):
     status = cli.main(["compare", "--config", str(config), "--out", str(tmp_path / "runs"), "--no-progress"])
     assert status == 0
     out = capsys.readouterr().out
-    assert "| optimizer | test accuracy | test loss | weight norm | decayed params |" in out
+    assert "| optimizer | test accuracy | test loss | weight norm | decayed params | accuracy 95% CI |" in out
     run = tmp_path / "runs" / "tiny_compare"
     assert {p.name for p in run.iterdir()} == {
         "summary.md",

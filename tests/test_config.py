@@ -76,7 +76,7 @@ def test_experiment_files_load_build_and_step(path):
     kind = "sweep" if "pairs" in raw else "compare"
     experiment = config.load_experiment(path, kind)
     assert experiment.optimizers
-    dataset = experiment.load_data() if experiment.data["name"] == "digits" else None
+    dataset = experiment.load_data() if experiment.data["name"] in ("digits", "mnist1d") else None
     if dataset is None:  # the text model: a tiny vocabulary is enough to exercise its parameters
         dataset = data.Dataset("text", np.zeros((2, 8), np.int32), *[np.zeros((2, 8), np.int32)] * 3, 12)
     model = experiment.build_model(dataset)
@@ -87,12 +87,11 @@ def test_experiment_files_load_build_and_step(path):
     for label, spec in experiment.optimizers.items():
         if kind == "sweep":
             grid = experiment.grids[label]
-            assert len(grid.learning_rate) >= 2 and len(grid.weight_decay) >= 2
-            transforms.append(
-                spec.build({"learning_rate": grid.learning_rate[-1], "weight_decay": grid.weight_decay[-1]})
-            )
+            assert len(grid.learning_rate) >= 2 and len(grid.weight_decay) >= 1
+            point = {"learning_rate": grid.learning_rate[-1], "weight_decay": grid.weight_decay[-1]}
+            transforms.append(spec.build_scheduled(experiment.training.schedule, 10, point))
         else:
-            transforms.append(spec.build())
+            transforms.append(spec.build_scheduled(experiment.training.schedule, 10))
 
     @jax.jit
     def one_step(params):

@@ -108,7 +108,10 @@ MALFORMED: dict[str, tuple[str, str | bytes, tuple[str, ...]]] = {
     "unknown-training-key": (
         "compare",
         "training: {step: 3}\n",
-        ("key 'training.step' is unknown; valid keys: batch_size, eval_every, first_seed, seeds, steps",),
+        (
+            "key 'training.step' is unknown; valid keys: batch_size, eval_every, final_seeds, first_seed, "
+            "schedule, seeds, steps",
+        ),
     ),
     "unknown-data-key": (
         "compare",

@@ -419,20 +419,58 @@ class OptimizerSpec:
     def build(self, overrides: Mapping[str, Any] | None = None) -> Transform:
         return build_optimizer(copy.deepcopy(self.spec), self.where, overrides)
 
+    def build_scheduled(
+        self, schedule: str, steps: int, overrides: Mapping[str, Any] | None = None
+    ) -> Transform:
+        """:meth:`build` with the learning rate (from ``overrides`` or the spec) under ``schedule``.
+
+        ``"cosine"`` replaces a number ``lr`` by ``optax.cosine_decay_schedule(lr, steps)`` and,
+        where decoupled decay follows the schedule (``decay_scaling`` ``schedule`` or
+        ``corrected``), passes ``lr`` as its ``peak_learning_rate``. ``lr`` may be a tracer.
+        """
+        if schedule == "constant":
+            return self.build(overrides)
+        spec = copy.deepcopy(self.spec)
+        given = dict(overrides or {})
+        lr = given.pop("learning_rate", None)
+        if lr is None:
+            lr = spec.pop("learning_rate", None)
+        if lr is None or isinstance(lr, Mapping) or callable(lr):
+            raise self.where.child("learning_rate").error(
+                f"must be a number under training.schedule: {schedule}, which makes the schedule itself"
+            )
+        lr = _numbers_in_text(lr)
+        given["learning_rate"] = optax.cosine_decay_schedule(lr, steps)
+        if spec.get("decay_scaling") in ("schedule", "corrected") and "peak_learning_rate" not in spec:
+            given["peak_learning_rate"] = lr
+        return build_optimizer(spec, self.where, given)
+
     @property
     def label(self) -> str:
         return self.where.key.rsplit(".", 1)[-1]
 
 
+#: Learning-rate schedules an experiment can put around every optimizer's learning rate.
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclasses.dataclass(frozen=True)
 class Training:
-    """How each run trains: steps, batch size, evaluation interval and seeds."""
+    """How each run trains: steps, batch size, evaluation interval, seeds and the lr schedule.
+
+    ``schedule: cosine`` anneals every optimizer's learning rate from its value to zero over
+    ``steps`` (``optax.cosine_decay_schedule``), the value being the schedule's peak (decoupled
+    decay under ``decay_scaling: schedule`` or ``corrected`` is told so). ``final_seeds`` (sweep)
+    is the number of seeds trained at each optimizer's tuned cell and evaluated on the test split.
+    """
 
     steps: int = 2000
     batch_size: int = 32
     eval_every: int = 100
     seeds: int = 5
     first_seed: int = 0
+    schedule: str = "constant"
+    final_seeds: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -473,6 +511,13 @@ class Experiment:
 
     def load_data(self) -> data_lib.Dataset:
         arguments = {k: v for k, v in self.data.items() if k != "name"}
+        return data_lib.load(self.data["name"], **arguments)
+
+    def load_test_data(self) -> data_lib.Dataset:
+        """The data with the test split where the loops evaluate (for the tuned point only)."""
+        arguments = {k: v for k, v in self.data.items() if k != "name"}
+        if "evaluation_split" in arguments:
+            arguments["evaluation_split"] = "test"
         return data_lib.load(self.data["name"], **arguments)
 
     def build_model(self, dataset: data_lib.Dataset) -> Any:
@@ -713,8 +758,15 @@ def _model(raw: Any, data_name: str, where: Where) -> dict[str, Any]:
 def _training(raw: dict[str, Any], where: Where) -> Training:
     fields = [f.name for f in dataclasses.fields(Training)]
     _check_keys(raw, fields, where)
-    minimum = {"first_seed": 0}
-    values = {key: _integer(value, where.child(key), minimum.get(key, 1)) for key, value in raw.items()}
+    minimum = {"first_seed": 0, "final_seeds": 0}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "schedule":
+            if value not in LR_SCHEDULES:
+                raise where.child(key).error(f"is {value!r}; valid choices: {_choices(LR_SCHEDULES)}")
+            values[key] = value
+        else:
+            values[key] = _integer(value, where.child(key), minimum.get(key, 1))
     return Training(**values)
 
 

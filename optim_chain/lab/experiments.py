@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from optim_chain.lab import diagnostics, plots
+from optim_chain.lab import diagnostics, plots, statistics
 from optim_chain.lab.config import Experiment, OptimizerSpec
 from optim_chain.lab.training import Trainer, unstack
 
@@ -140,9 +140,9 @@ def compare(
     single: dict[str, float] = {}
     for label, spec in experiment.optimizers.items():
         bar.set_description(f"compare: {label}")
-        trainer = Trainer(model, dataset, _fixed(spec), training.batch_size, training.eval_every)
+        trainer = Trainer(model, dataset, _fixed(spec, training), training.batch_size, training.eval_every)
         run = trainer.run({}, seeds, training.steps, progress=bar.update)
-        transform = spec.build()
+        transform = spec.build_scheduled(training.schedule, training.steps)
         params0 = unstack(run.final.params, 0)
         decayed, total = diagnostics.decayed_parameters(transform, params0)
         norms = [diagnostics.weight_norm(unstack(run.final.params, i)) for i in range(len(seeds))]
@@ -184,12 +184,15 @@ def compare(
         plots.effective_decay(path / "effective_decay.png", coupled, single)
     wall = time.perf_counter() - start
     table = _compare_table(results)
+    summary, differences = _intervals(results)
     metrics = {
         "kind": "compare",
         "experiment": _describe(experiment),
         "environment": environment(),
         "wall_seconds": wall,
         "seeds": seeds,
+        "summary": summary,
+        "paired_differences": differences,
         "optimizers": results,
     }
     _write_json(path / "metrics.json", metrics)
@@ -206,15 +209,48 @@ def compare(
     return metrics
 
 
-def _fixed(spec: OptimizerSpec) -> Callable[[Any], Any]:
+#: The pairs whose paired difference is reported: decoupled minus coupled decay.
+DECOUPLED_PAIRS = (("adamw", "adam_l2"), ("sgdw", "sgd_l2"))
+
+
+def _intervals(results: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """95% intervals over seeds of each optimizer's final test accuracy and loss, and the paired
+    differences decoupled minus coupled (same seeds: same initial weights and batches)."""
+    summary: dict[str, Any] = {}
+    for label, r in results.items():
+        if len(r["test_accuracy"]) < 2:
+            continue
+        summary[label] = {
+            "test_accuracy": statistics.mean_interval(r["test_accuracy"]).as_dict(),
+            "test_loss": statistics.mean_interval(r["test_loss"]).as_dict()
+            if np.all(np.isfinite(r["test_loss"]))
+            else None,
+        }
+    differences: dict[str, Any] = {}
+    for a, b in DECOUPLED_PAIRS:
+        if a in summary and b in summary:
+            d = statistics.paired_difference(results[a]["test_accuracy"], results[b]["test_accuracy"])
+            differences[f"{a} - {b}"] = {"test_accuracy": d.as_dict()}
+    return summary, differences
+
+
+def _fixed(spec: OptimizerSpec, training: Any) -> Callable[[Any], Any]:
     def build(hyperparams: Any) -> Any:
         del hyperparams
-        return spec.build()
+        return spec.build_scheduled(training.schedule, training.steps)
 
     return build
 
 
+def _ci_text(interval: dict[str, Any] | None, scale: float = 100.0, digits: int = 2) -> str:
+    if interval is None:
+        return "n/a"
+    low, high = interval["ci95"]
+    return f"[{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
+
+
 def _compare_table(results: dict[str, Any]) -> str:
+    summary, differences = _intervals(results)
     rows = []
     for label, r in results.items():
         rows.append(
@@ -224,10 +260,20 @@ def _compare_table(results: dict[str, Any]) -> str:
                 _mean_std(r["test_loss"], 1, 4),
                 _mean_std(r["weight_norm"], 1, 2),
                 f"{r['decayed_parameters']:,} of {r['total_parameters']:,}",
+                _ci_text(summary.get(label, {}).get("test_accuracy")),
             ]
         )
-    header = ["optimizer", "test accuracy", "test loss", "weight norm", "decayed params"]
-    return _markdown_table(header, rows)
+    header = ["optimizer", "test accuracy", "test loss", "weight norm", "decayed params", "accuracy 95% CI"]
+    lines = [_markdown_table(header, rows)]
+    for name, d in differences.items():
+        interval = d["test_accuracy"]
+        verdict = "excludes 0" if interval["ci95"][0] > 0 or interval["ci95"][1] < 0 else "includes 0"
+        lines.append(
+            f"\npaired difference {name} in test accuracy (same seeds): "
+            f"{100 * interval['mean']:+.2f} points, 95% CI {_ci_text(interval)} ({verdict}, "
+            f"{interval['seeds']} seeds)"
+        )
+    return "\n".join(lines)
 
 
 def _chain_listing(title: str, results: dict[str, Any]) -> list[str]:
@@ -308,7 +354,8 @@ def sweep(
     training = experiment.training
     worst = math.log(dataset.num_classes)
     seeds = training.first_seed + np.arange(training.seeds)
-    bar = _progress(training.steps * len(experiment.optimizers), progress, "sweep")
+    phases = 2 if training.final_seeds else 1  # the grid, then the tuned cell on the test split
+    bar = _progress(phases * training.steps * len(experiment.optimizers), progress, "sweep")
     results: dict[str, Any] = {}
     panels: dict[str, dict[str, Any]] = {}
     timing: dict[str, Any] = {}
@@ -322,7 +369,9 @@ def sweep(
         }
         cells = len(lr_flat)
         bar.set_description(f"sweep: {label} ({cells} runs at once)")
-        trainer = Trainer(model, dataset, _from_grid(spec), training.batch_size, training.eval_every)
+        trainer = Trainer(
+            model, dataset, _from_grid(spec, training), training.batch_size, training.eval_every
+        )
         run = trainer.run(hyperparams, seed_flat, training.steps, progress=bar.update)
         shape = (len(lrs), len(wds), len(seeds))
         loss = run.test_loss[:, -1].reshape(shape)
@@ -341,7 +390,13 @@ def sweep(
             np.argmin(np.where(np.isfinite(mean_loss), mean_loss, np.inf)), mean_loss.shape
         )
         results[label] = {
-            "chain": str(spec.build({"learning_rate": float(lrs[0]), "weight_decay": float(wds[0])})),
+            "chain": str(
+                spec.build_scheduled(
+                    training.schedule,
+                    training.steps,
+                    {"learning_rate": float(lrs[0]), "weight_decay": float(wds[0])},
+                )
+            ),
             "learning_rates": lrs,
             "weight_decays": wds,
             "test_loss": loss,
@@ -356,6 +411,23 @@ def sweep(
             "vmapped_first_chunk_seconds": run.compile_seconds,
             "runs": cells,
         }
+        per_seed = np.moveaxis(loss, -1, 0)  # [seed, lr, wd]
+        if len(seeds) >= 2:
+            results[label]["separability_ci95"] = {
+                name: statistics.bootstrap(
+                    lambda sample, name=name, lrs=lrs, wds=wds: getattr(
+                        diagnostics.separability(sample.mean(0), lrs, wds, worst), name
+                    ),
+                    per_seed,
+                ).as_dict()
+                for name in ("slope", "interaction")
+            }
+        results[label]["per_seed_loss"] = per_seed
+        if training.final_seeds:
+            bar.set_description(f"sweep: {label} at its tuned cell, on the test split")
+            results[label]["final"] = _final_test(
+                experiment, model, spec, float(lrs[best[0]]), float(wds[best[1]]), bar.update
+            )
         timing[label] = {"vmapped_seconds": run.seconds, "runs": cells}
         if experiment.baseline_runs:
             bar.set_description(f"sweep: {label} one run at a time")
@@ -367,7 +439,8 @@ def sweep(
     rows = [[panels[a], panels[b]] for a, b in experiment.pairs]
     paired = {label for pair in experiment.pairs for label in pair}
     rows += [[panels[label]] for label in panels if label not in paired]
-    plots.heatmaps(path / "heatmaps.png", rows, "test loss", worst)
+    split = "validation" if experiment.data.get("evaluation_split") == "validation" else "test"
+    plots.heatmaps(path / "heatmaps.png", rows, f"{split} loss", worst)
     wall = time.perf_counter() - start
     speed = _speedup(timing)
     metrics = {
@@ -379,10 +452,12 @@ def sweep(
         "optimizers": results,
         "timing": {"per_optimizer": timing, **speed},
     }
+    claims = _claims(results, worst)
+    metrics["claims"] = claims
     _write_json(path / "metrics.json", metrics)
     table = _sweep_table(results)
     timing_text = _timing_text(speed)
-    (path / "summary.md").write_text(_sweep_summary(experiment, results, table, timing_text, wall))
+    (path / "summary.md").write_text(_sweep_summary(experiment, results, table, timing_text, wall, claims))
     echo(table)
     if timing_text:
         echo("\n" + timing_text)
@@ -391,10 +466,99 @@ def sweep(
     return metrics
 
 
-def _from_grid(spec: OptimizerSpec) -> Callable[[Any], Any]:
+#: Seeds of the runs at the tuned cells start here: none of them was used for tuning.
+FINAL_SEED_OFFSET = 1000
+
+
+def _final_test(
+    experiment: Experiment,
+    model: Any,
+    spec: OptimizerSpec,
+    lr: float,
+    wd: float,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """``final_seeds`` runs at ``(lr, wd)``, evaluated once on the test split.
+
+    The tuning grid read the data set's validation split (``evaluation_split: validation``);
+    these runs train on the same training set and are the only ones that read the test split.
+    Every optimizer uses the same seeds, so differences between optimizers are paired.
+    """
+    training = experiment.training
+    dataset = experiment.load_test_data()
+    seeds = training.first_seed + FINAL_SEED_OFFSET + np.arange(training.final_seeds)
+    trainer = Trainer(model, dataset, _from_grid(spec, training), training.batch_size, training.steps)
+    hyperparams = {
+        "learning_rate": np.full(len(seeds), lr, np.float32),
+        "weight_decay": np.full(len(seeds), wd, np.float32),
+    }
+    run = trainer.run(hyperparams, seeds, training.steps, progress=progress)
+    accuracy = run.test_accuracy[:, -1]
+    return {
+        "learning_rate": lr,
+        "weight_decay": wd,
+        "seeds": seeds,
+        "test_accuracy": accuracy,
+        "test_accuracy_ci95": statistics.mean_interval(accuracy).as_dict(),
+    }
+
+
+def _verdict(interval: statistics.Interval, claim_holds_when_positive: bool = True) -> str:
+    if not np.isfinite(interval.low) or not np.isfinite(interval.high):
+        return "inconclusive"
+    if not interval.excludes_zero():
+        return "inconclusive"
+    return "reproduced" if (interval.low > 0) == claim_holds_when_positive else "not reproduced"
+
+
+def _claims(results: dict[str, Any], worst: float) -> list[dict[str, Any]]:
+    """The paper's claims, each decided by a 95% interval that must exclude zero."""
+    claims = []
+    for decoupled, coupled, name in (("adamw", "adam_l2", "Adam"), ("sgdw", "sgd_l2", "SGD")):
+        if decoupled not in results or coupled not in results:
+            continue
+        a, b = results[coupled], results[decoupled]
+        if a["per_seed_loss"].shape[0] == b["per_seed_loss"].shape[0] >= 2:
+
+            def interaction_gap(index: np.ndarray, a: dict = a, b: dict = b) -> float:
+                sa = diagnostics.separability(
+                    a["per_seed_loss"][index].mean(0), a["learning_rates"], a["weight_decays"], worst
+                )
+                sb = diagnostics.separability(
+                    b["per_seed_loss"][index].mean(0), b["learning_rates"], b["weight_decays"], worst
+                )
+                return sa.interaction - sb.interaction
+
+            gap = statistics.bootstrap(interaction_gap, np.arange(a["per_seed_loss"].shape[0]))
+            claims.append(
+                {
+                    "claim": f"decoupling makes {name}'s lr x wd surface more separable "
+                    f"(interaction {coupled} - {decoupled} > 0)",
+                    "statistic": gap.as_dict(),
+                    "verdict": _verdict(gap),
+                }
+            )
+        if "final" in a and "final" in b:
+            difference = statistics.paired_difference(
+                b["final"]["test_accuracy"], a["final"]["test_accuracy"]
+            )
+            claims.append(
+                {
+                    "claim": f"at tuned hyperparameters {decoupled} reaches a higher test accuracy "
+                    f"than {coupled} ({decoupled} - {coupled} > 0)",
+                    "statistic": difference.as_dict(),
+                    "verdict": _verdict(difference),
+                }
+            )
+    return claims
+
+
+def _from_grid(spec: OptimizerSpec, training: Any) -> Callable[[Any], Any]:
     def build(hyperparams: Any) -> Any:
-        return spec.build(
-            {"learning_rate": hyperparams["learning_rate"], "weight_decay": hyperparams["weight_decay"]}
+        return spec.build_scheduled(
+            training.schedule,
+            training.steps,
+            {"learning_rate": hyperparams["learning_rate"], "weight_decay": hyperparams["weight_decay"]},
         )
 
     return build
@@ -485,7 +649,12 @@ def _sweep_table(results: dict[str, Any]) -> str:
 
 
 def _sweep_summary(
-    experiment: Experiment, results: dict[str, Any], table: str, timing: str, wall: float
+    experiment: Experiment,
+    results: dict[str, Any],
+    table: str,
+    timing: str,
+    wall: float,
+    claims: list[dict[str, Any]] = (),
 ) -> str:
     t = experiment.training
     lines = [
@@ -516,4 +685,32 @@ def _sweep_summary(
         )
         lines.append(f"- {label}: {pairs}")
     lines += ["", *_chain_listing("Chains (shown at the first grid point)", results)]
+    finals = {label: r["final"] for label, r in results.items() if "final" in r}
+    if finals:
+        lines += ["## At the tuned cells, on the test split", ""]
+        rows = [
+            [
+                label,
+                f"{f['learning_rate']:.1e}",
+                f"{f['weight_decay']:.1e}",
+                f"{100 * f['test_accuracy_ci95']['mean']:.2f} %",
+                _ci_text(f["test_accuracy_ci95"]),
+                str(f["test_accuracy_ci95"]["seeds"]),
+            ]
+            for label, f in finals.items()
+        ]
+        header = ["optimizer", "lr", "wd", "test accuracy", "95% CI", "seeds"]
+        lines += [_markdown_table(header, rows), ""]
+    if claims:
+        lines += ["## Verdicts", "", "Each decided by a 95% interval over seeds that must exclude 0.", ""]
+        rows = [
+            [
+                c["claim"],
+                f"{c['statistic']['mean']:+.4f}",
+                f"[{c['statistic']['ci95'][0]:+.4f}, {c['statistic']['ci95'][1]:+.4f}]",
+                c["verdict"],
+            ]
+            for c in claims
+        ]
+        lines += [_markdown_table(["claim", "estimate", "95% CI", "verdict"], rows), ""]
     return "\n".join(lines)

@@ -175,7 +175,8 @@ def heatmaps(
             bi, bj = np.unravel_index(np.argmin(shown), shown.shape)
             ax.plot(bi, bj, "*", color="red", markersize=14, markeredgecolor="k", label="best cell")
             if r == 0 and c == 0:
-                ax.legend(fontsize=7, loc="upper left", framealpha=0.85)
+                handles, labels = ax.get_legend_handles_labels()
+                fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8)
             slope = f"{sep.slope:+.2f}" if np.isfinite(sep.slope) else "n/a"
             ax.set_title(
                 f"{panel['label']}: slope {slope}, spread {sep.spread_decades:.1f} dec, "
@@ -184,7 +185,7 @@ def heatmaps(
             )
             fig.colorbar(image, ax=ax, label=metric_name, shrink=0.85)
     fig.suptitle(
-        "final " + metric_name + " (colour) and test error % (numbers); white dots: best weight decay per "
-        "learning rate (grey: learning rates left out of the fit)"
+        f"final {metric_name} (colour) and error % (numbers), mean over seeds\n"
+        "white dots: best weight decay of each learning rate; grey: learning rates left out of the fit"
     )
     fig.savefig(path, dpi=100)
