@@ -222,7 +222,7 @@ def leaf_dtype(leaf: Any) -> np.dtype:
     return np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.result_type(leaf)
 
 
-def _is_numeric(leaf: Any) -> bool:
+def is_numeric(leaf: Any) -> bool:
     """Whether ``leaf`` is an array, an abstract array or a number (not a function, string ...)."""
     return (hasattr(leaf, "dtype") and hasattr(leaf, "shape")) or isinstance(leaf, (int, float, complex))
 
@@ -238,7 +238,7 @@ def check_float_params(params: Any, transform: str) -> None:
     Either must be kept out of the optimized tree.
     """
     for path, leaf in leaves_with_paths(params):
-        if not _is_numeric(leaf):
+        if not is_numeric(leaf):
             raise TypeError(
                 f"{transform}: parameter {path!r} is a {type(leaf).__name__}, not an array. Give the "
                 "optimizer only the arrays of a model: for Equinox, eqx.filter(model, eqx.is_array); for "

@@ -34,6 +34,7 @@ from optim_chain._tree import (
     check_float_params,
     check_matching,
     increment,
+    is_numeric,
     leaves_with_paths,
     per_dtype,
     scalar_dtype,
@@ -67,7 +68,7 @@ def _check_anchor(anchor: Any) -> None:
     if isinstance(anchor, str):
         raise ValueError(f"anchor must be None, 'init' or a params-shaped pytree, got {anchor!r}")
     for path, leaf in leaves_with_paths(anchor):
-        if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")) and not isinstance(leaf, (int, float)):
+        if not is_numeric(leaf):
             raise TypeError(f"anchor leaf {path!r} must be an array, got {type(leaf).__name__}")
 
 

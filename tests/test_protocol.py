@@ -60,8 +60,8 @@ def test_the_sweep_tunes_on_validation_and_reads_the_test_split_once(tmp_path, m
         cli.main(["sweep", "--config", str(_write(tmp_path, TINY_SWEEP)), "--out", str(out), "--no-progress"])
         == 0
     )
-    # one load for the grid, then one per optimizer for its tuned cell: only those read test
-    assert calls == ["validation", "test", "test"]
+    # one load for the grids, then one, after tuning, for the tuned cells: only that one reads test
+    assert calls == ["validation", "test"]
     metrics = json.loads((out / "tiny" / "metrics.json").read_text())
     for label in ("adam_l2", "adamw"):
         result = metrics["optimizers"][label]

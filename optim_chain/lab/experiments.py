@@ -183,8 +183,8 @@ def compare(
     if coupled or single:
         plots.effective_decay(path / "effective_decay.png", coupled, single)
     wall = time.perf_counter() - start
-    table = _compare_table(results)
     summary, differences = _intervals(results)
+    table = _compare_table(results, summary, differences)
     metrics = {
         "kind": "compare",
         "experiment": _describe(experiment),
@@ -249,8 +249,7 @@ def _ci_text(interval: dict[str, Any] | None, scale: float = 100.0, digits: int 
     return f"[{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
 
 
-def _compare_table(results: dict[str, Any]) -> str:
-    summary, differences = _intervals(results)
+def _compare_table(results: dict[str, Any], summary: dict[str, Any], differences: dict[str, Any]) -> str:
     rows = []
     for label, r in results.items():
         rows.append(
@@ -359,6 +358,7 @@ def sweep(
     results: dict[str, Any] = {}
     panels: dict[str, dict[str, Any]] = {}
     timing: dict[str, Any] = {}
+    test_dataset = None
     for label, spec in experiment.optimizers.items():
         grid = experiment.grids[label]
         lrs, wds = np.asarray(grid.learning_rate), np.asarray(grid.weight_decay)
@@ -425,8 +425,10 @@ def sweep(
         results[label]["per_seed_loss"] = per_seed
         if training.final_seeds:
             bar.set_description(f"sweep: {label} at its tuned cell, on the test split")
+            if test_dataset is None:  # loaded once, after the first grid has been tuned
+                test_dataset = experiment.load_test_data()
             results[label]["final"] = _final_test(
-                experiment, model, spec, float(lrs[best[0]]), float(wds[best[1]]), bar.update
+                experiment, model, test_dataset, spec, float(lrs[best[0]]), float(wds[best[1]]), bar.update
             )
         timing[label] = {"vmapped_seconds": run.seconds, "runs": cells}
         if experiment.baseline_runs:
@@ -473,19 +475,19 @@ FINAL_SEED_OFFSET = 1000
 def _final_test(
     experiment: Experiment,
     model: Any,
+    dataset: Any,
     spec: OptimizerSpec,
     lr: float,
     wd: float,
     progress: Callable[[int], None] | None = None,
 ) -> dict:
-    """``final_seeds`` runs at ``(lr, wd)``, evaluated once on the test split.
+    """``final_seeds`` runs at ``(lr, wd)``, evaluated once on ``dataset``'s test split.
 
     The tuning grid read the data set's validation split (``evaluation_split: validation``);
     these runs train on the same training set and are the only ones that read the test split.
     Every optimizer uses the same seeds, so differences between optimizers are paired.
     """
     training = experiment.training
-    dataset = experiment.load_test_data()
     seeds = training.first_seed + FINAL_SEED_OFFSET + np.arange(training.final_seeds)
     trainer = Trainer(model, dataset, _from_grid(spec, training), training.batch_size, training.steps)
     hyperparams = {
