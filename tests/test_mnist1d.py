@@ -54,6 +54,13 @@ def test_the_test_split_is_unread_when_evaluating_on_validation(default):
         assert not any(r.tobytes() in rows for r in split)
 
 
+def test_no_validation_split_trains_on_the_published_4000(default):
+    published = data.mnist1d(validation_fraction=0.0)
+    assert published.x_train.shape == (4000, 40) and published.x_val.shape == (0, 40)
+    np.testing.assert_array_equal(published.x_train, np.concatenate([default.x_train, default.x_val]))
+    np.testing.assert_array_equal(published.x_test, default.x_test)
+
+
 def test_train_size_keeps_a_prefix(default):
     small = data.mnist1d(train_size=1000)
     np.testing.assert_array_equal(small.x_train, default.x_train[:1000])
@@ -61,8 +68,10 @@ def test_train_size_keeps_a_prefix(default):
 
 
 def test_bad_arguments_are_refused():
-    with pytest.raises(ValueError, match="validation_fraction must lie in"):
+    with pytest.raises(ValueError, match=r"validation_fraction must lie in \[0, 1\)"):
         data.mnist1d(validation_fraction=1.0)
+    with pytest.raises(ValueError, match="needs a validation split"):
+        data.mnist1d(validation_fraction=0.0, evaluation_split="validation")
     with pytest.raises(ValueError, match="evaluation_split must be one of test, validation"):
         data.mnist1d(evaluation_split="train")
     with pytest.raises(ValueError, match=r"train_size must lie in \[1, 3200\]"):
@@ -131,3 +140,26 @@ def test_bootstrap_is_reproducible_and_covers_the_mean():
     assert first == statistics.bootstrap(stat, per_seed)
     assert first.low < 1.0 < first.high
     assert first.low < first.mean < first.high
+
+
+def test_the_cnn_equals_flax_convolutions():
+    """CNN's windowed matrix products are nn.Conv: the same initial parameters and outputs."""
+    from flax import linen as nn
+
+    class Reference(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = x[..., None]
+            for kernel in (5, 3, 3):
+                x = nn.relu(nn.Conv(25, (kernel,), strides=(2,), padding=[(1, 1)])(x))
+            return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+    x = jax.random.normal(jax.random.key(1), (7, 40))
+    ours = models.CNN().init(jax.random.key(3), x)["params"]
+    reference = Reference().init(jax.random.key(3), x)["params"]
+    assert jax.tree.structure(ours) == jax.tree.structure(reference)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(
+        models.CNN().apply({"params": ours}, x), Reference().apply({"params": ours}, x), rtol=1e-5, atol=1e-5
+    )

@@ -138,12 +138,13 @@ def mnist1d(
     default arguments (40-point signals, an 80/20 train/test split), the generation seed set to
     ``seed``; nothing is downloaded. The last ``validation_fraction`` of the training examples
     (the package's order is already shuffled) are held out as a validation split, so that
-    hyperparameters can be tuned without reading the test split.
+    hyperparameters can be tuned without reading the test split. ``validation_fraction=0``
+    keeps all of them for training: the 4,000/1,000 split of the published accuracies.
 
     Args:
       seed: the generation seed (the package's default is 42): another seed, another data set.
       num_samples: examples generated in all (train, validation and test).
-      validation_fraction: the share of the training examples held out for validation, in (0, 1).
+      validation_fraction: the share of the training examples held out for validation, in [0, 1).
       train_size: keep only the first ``train_size`` training examples (0: all of them), for
         studies of how results change with the amount of data.
       evaluation_split: ``"test"``, or ``"validation"`` to put the validation split where the
@@ -154,8 +155,8 @@ def mnist1d(
     """
     from mnist1d.data import get_dataset_args, make_dataset
 
-    if not 0.0 < validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction must lie in (0, 1), got {validation_fraction!r}")
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must lie in [0, 1), got {validation_fraction!r}")
     if evaluation_split not in EVALUATION_SPLITS:
         raise ValueError(
             f"evaluation_split must be one of {', '.join(EVALUATION_SPLITS)}; got {evaluation_split!r}"
@@ -164,8 +165,10 @@ def mnist1d(
     args.seed, args.num_samples = int(seed), int(num_samples)
     generated = make_dataset(args)
     x, y = generated["x"].astype(np.float32), generated["y"].astype(np.int32)
-    n_val = int(round(validation_fraction * len(y)))
-    x_train, y_train, x_val, y_val = x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:]
+    n_train = len(y) - int(round(validation_fraction * len(y)))
+    if evaluation_split == "validation" and n_train == len(y):
+        raise ValueError("evaluation_split='validation' needs a validation split: validation_fraction > 0")
+    x_train, y_train, x_val, y_val = x[:n_train], y[:n_train], x[n_train:], y[n_train:]
     if train_size:
         if not 0 < train_size <= len(y_train):
             raise ValueError(f"train_size must lie in [1, {len(y_train)}], got {train_size!r}")

@@ -55,6 +55,33 @@ class MLP(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
+class Conv1D(nn.Module):
+    """A 1-D convolution written as one matrix product over gathered windows.
+
+    The same function and parameters as ``nn.Conv(features, (kernel,), strides=(stride,),
+    padding=[(padding, padding)])`` (``kernel: [kernel, in, features]``, ``bias: [features]``,
+    the same initializers). Many runs vmapped over their weights make XLA:CPU emit a grouped
+    convolution, which is slow; a batched matrix product is not (the sweeps train about six
+    times faster this way).
+    """
+
+    features: int
+    kernel: int
+    stride: int = 2
+    padding: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (self.kernel, x.shape[-1], self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        x = jnp.pad(x, ((0, 0), (self.padding, self.padding), (0, 0)))
+        outputs = (x.shape[1] - self.kernel) // self.stride + 1
+        span = self.stride * (outputs - 1) + 1
+        windows = jnp.stack([x[:, i : i + span : self.stride] for i in range(self.kernel)], axis=2)
+        return jnp.einsum("bokc,kcf->bof", windows, kernel) + bias
+
+
 class CNN(nn.Module):
     """The convolutional network of the MNIST-1D paper, for ``[batch, length]`` signals.
 
@@ -69,8 +96,8 @@ class CNN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x[..., None]  # [batch, length, 1]
-        for kernel in (5, 3, 3):
-            x = nn.relu(nn.Conv(self.channels, (kernel,), strides=(2,), padding=[(1, 1)])(x))
+        for index, kernel in enumerate((5, 3, 3)):
+            x = nn.relu(Conv1D(self.channels, kernel, name=f"Conv_{index}")(x))
         return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
 
 
