@@ -1,8 +1,10 @@
-"""YAML configs: every file in configs/ is loaded and exercised; mistakes give one-line errors."""
+"""YAML configs: every file in configs/ is loaded, built and exercised; mistakes give one-line errors."""
 
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import chex
@@ -11,10 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import cpu_devices_env
 
 import optim_chain as oc
 from optim_chain import masks
-from optim_chain.lab import config, data, models
+from optim_chain.lab import build, config, data, models
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PRESET_FILES = sorted((CONFIGS / "presets").glob("*.yaml"))
@@ -37,7 +40,7 @@ def test_preset_files_build_their_preset_and_train():
     y = jnp.arange(16) % 10
     params = _mlp_params()
     model = models.MLP(hidden=(8,))
-    transforms = {path.stem: config.load_optimizer(path) for path in PRESET_FILES}
+    transforms = {path.stem: build.load_optimizer(path) for path in PRESET_FILES}
     for stem, transform in transforms.items():
         assert transform.name == stem
 
@@ -62,7 +65,7 @@ def test_preset_files_build_their_preset_and_train():
 
 
 def test_adamw_file_predicate_matches_the_default_mask():
-    mask = config.load_optimizer(CONFIGS / "presets" / "adamw.yaml").parts[-1].hyperparams["mask"]
+    mask = build.load_optimizer(CONFIGS / "presets" / "adamw.yaml").parts[-1].hyperparams["mask"]
     transformer = models.Transformer(vocab_size=12, max_len=8, d_model=8, num_heads=2, num_layers=1)
     text_params = jax.eval_shape(transformer.init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     for params in (_mlp_params(), text_params):
@@ -71,15 +74,16 @@ def test_adamw_file_predicate_matches_the_default_mask():
 
 @pytest.mark.parametrize("path", EXPERIMENT_FILES, ids=lambda p: p.name)
 def test_experiment_files_load_build_and_step(path):
-    """Every experiment file validates, and each optimizer takes a step on the config's model."""
+    """Every experiment file validates and builds, and each optimizer takes a step on its model."""
     raw = config.read_yaml(path)
     kind = "sweep" if "pairs" in raw else "compare"
     experiment = config.load_experiment(path, kind)
+    build.check(experiment)
     assert experiment.optimizers
-    dataset = experiment.load_data() if experiment.data["name"] in ("digits", "mnist1d") else None
+    dataset = build.load_data(experiment) if experiment.data["name"] in ("digits", "mnist1d") else None
     if dataset is None:  # the text model: a tiny vocabulary is enough to exercise its parameters
         dataset = data.Dataset("text", np.zeros((2, 8), np.int32), *[np.zeros((2, 8), np.int32)] * 3, 12)
-    model = experiment.build_model(dataset)
+    model = build.model(experiment, dataset)
     shapes = jax.eval_shape(model.init, jax.random.key(0), dataset.x_train[:1])["params"]
     params = jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype), shapes)
     grads = jax.tree.map(lambda s: np.full(s.shape, 0.1, s.dtype), shapes)
@@ -89,9 +93,9 @@ def test_experiment_files_load_build_and_step(path):
             grid = experiment.grids[label]
             assert len(grid.learning_rate) >= 2 and len(grid.weight_decay) >= 1
             point = {"learning_rate": grid.learning_rate[-1], "weight_decay": grid.weight_decay[-1]}
-            transforms.append(spec.build_scheduled(experiment.training.schedule, 10, point))
+            transforms.append(build.scheduled_optimizer(spec, experiment.training.schedule, 10, point))
         else:
-            transforms.append(spec.build_scheduled(experiment.training.schedule, 10))
+            transforms.append(build.scheduled_optimizer(spec, experiment.training.schedule, 10))
 
     @jax.jit
     def one_step(params):
@@ -125,8 +129,8 @@ def test_custom_chains_differ_by_the_decay_line_and_match_the_presets():
     params = _mlp_params()
     grads = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size).reshape(p.shape) * 0.3), params)
     pairs = [
-        (experiment.optimizers["adam_l2"].build(), oc.adam_l2(1e-3, 1e-2, mask=masks.DEFAULT_DECAY)),
-        (experiment.optimizers["adamw"].build(), oc.adamw(1e-3, 1e-2, mask=masks.DEFAULT_DECAY)),
+        (build.optimizer(experiment.optimizers["adam_l2"]), oc.adam_l2(1e-3, 1e-2, mask=masks.DEFAULT_DECAY)),
+        (build.optimizer(experiment.optimizers["adamw"]), oc.adamw(1e-3, 1e-2, mask=masks.DEFAULT_DECAY)),
     ]
 
     @jax.jit
@@ -152,7 +156,7 @@ def test_numbers_written_without_a_dot_and_schedules(tmp_path):
         "  learning_rate: {schedule: cosine_decay, init_value: 1e-3, decay_steps: 10}\n"
         "  weight_decay: 1e-2\n  decay_scaling: schedule\n  peak_learning_rate: 1e-3\n"
     )
-    transform = config.load_optimizer(path)
+    transform = build.load_optimizer(path)
     lr = transform.parts[-2].hyperparams["learning_rate"]
     assert callable(lr) and float(lr(0)) == pytest.approx(1e-3)
     assert transform.parts[-1].hyperparams["weight_decay"] == 1e-2
@@ -163,6 +167,33 @@ def test_overrides_apply_before_validation():
         None, "compare", ["training.steps=7", "model.hidden=[4, 3]", "name=x"]
     )
     assert experiment.training.steps == 7 and experiment.model["hidden"] == (4, 3) and experiment.name == "x"
+
+
+def test_loading_checks_the_form_and_building_the_values(tmp_path):
+    """load_experiment checks keys, types and choices and builds nothing; build.check finds the
+    values a constructor refuses."""
+    path = tmp_path / "x.yaml"
+    path.write_text("optimizers: {a: {preset: adam, learning_rate: -1.0}}\n")
+    experiment = config.load_experiment(path, "compare")
+    assert experiment.optimizers["a"].spec == {"preset": "adam", "learning_rate": -1.0}
+    with pytest.raises(config.ConfigError) as caught:
+        build.check(experiment)
+    assert str(caught.value) == (
+        f"{path}: key 'optimizers.a' is invalid: learning_rate must be a finite number >= 0, got -1.0"
+    )
+
+
+def test_the_config_module_imports_neither_models_nor_build():
+    """Data flows one way: config, then build, then the experiments."""
+    code = (
+        "import sys, optim_chain.lab.config; "
+        "unwanted = ('optim_chain.lab.models', 'optim_chain.lab.build', 'flax'); "
+        "print(sorted(m for m in unwanted if m in sys.modules))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=cpu_devices_env(1), capture_output=True, text=True, check=True
+    )
+    assert run.stdout.strip() == "[]", run.stdout + run.stderr
 
 
 BAD = [
@@ -205,7 +236,7 @@ def test_bad_optimizer_files_give_one_line_errors(tmp_path, text, expected):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(config.ConfigError) as caught:
-        config.load_optimizer(path)
+        build.load_optimizer(path)
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith(f"{path}: ")
@@ -263,7 +294,7 @@ def test_bad_experiment_files_give_one_line_errors(tmp_path, kind, text, expecte
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(config.ConfigError) as caught:
-        config.load_experiment(path, kind)
+        build.check(config.load_experiment(path, kind))
     message = str(caught.value)
     assert "\n" not in message
     assert str(tmp_path) in message
@@ -276,7 +307,7 @@ DECAY_OPTIONS = CONFIGS / "optimizers" / "adamw_weight_decay_options.yaml"
 
 
 def test_every_weight_decay_option_is_reachable_from_yaml():
-    loaded = config.load_optimizer(DECAY_OPTIONS)
+    loaded = build.load_optimizer(DECAY_OPTIONS)
     lr = optax.cosine_decay_schedule(1e-3, 2000)
     defaults = {
         "learning_rate": lr,
@@ -337,7 +368,7 @@ def test_bad_weight_decay_options_give_one_line_errors(tmp_path, text, expected)
         base += "  learning_rate: 1.0e-3\n"
     path.write_text(base + text)
     with pytest.raises(config.ConfigError) as caught:
-        config.load_optimizer(path)
+        build.load_optimizer(path)
     message = str(caught.value)
     assert "\n" not in message
     assert expected in message, message

@@ -20,7 +20,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from optim_chain.lab import cli, config
+from optim_chain.lab import build, cli, config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PRESET_FILES = sorted((CONFIGS / "presets").glob("*.yaml"))
@@ -32,9 +32,12 @@ GRID = "grid: {learning_rate: [1.0e-3], weight_decay: [1.0e-2]}"
 
 
 def _load(kind: str, path: Path) -> Any:
+    """Reads, checks and builds as the command does: an optimizer file, or an experiment's optimizers."""
     if kind == "optimizer":
-        return config.load_optimizer(path)
-    return config.load_experiment(path, kind)
+        return build.load_optimizer(path)
+    experiment = config.load_experiment(path, kind)
+    build.check(experiment)
+    return experiment
 
 
 def _assert_one_line(message: str, path: Path, expected: tuple[str, ...]) -> None:
@@ -462,7 +465,7 @@ def test_skip_nonfinite_can_be_set_in_a_preset_file_and_an_experiment(tmp_path):
     raw["optimizer"]["skip_nonfinite"] = True
     path = tmp_path / "adam_skip.yaml"
     path.write_text(yaml.safe_dump(raw))
-    transform = config.load_optimizer(path)
+    transform = build.load_optimizer(path)
     assert transform.name == "skip_nonfinite" and transform.parts[0].name == "adam"
 
     params = {"w": jnp.ones(3)}
@@ -475,8 +478,8 @@ def test_skip_nonfinite_can_be_set_in_a_preset_file_and_an_experiment(tmp_path):
     assert bool(jnp.all(updates["w"] < 0)) and int(state.skipped) == 1
 
     experiment = config.load_experiment(None, "compare", ["optimizers.adamw.skip_nonfinite=true"])
-    assert experiment.optimizers["adamw"].build().name == "skip_nonfinite"
-    assert experiment.optimizers["adam"].build().name == "adam"
+    assert build.optimizer(experiment.optimizers["adamw"]).name == "skip_nonfinite"
+    assert build.optimizer(experiment.optimizers["adam"]).name == "adam"
 
 
 # ------------------------------------------------------------------------------- fuzzing

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from optim_chain.lab import config, data, models, statistics
+from optim_chain.lab import build, config, data, models, statistics
 
 pytest.importorskip("mnist1d", reason="mnist1d is not installed: pip install -e '.[lab]'")
 
@@ -96,7 +96,7 @@ def test_configs_read_mnist1d_and_the_cnn(tmp_path):
     )
     experiment = config.load_experiment(path, "compare", ["data.seed=4"])
     assert experiment.data == {"name": "mnist1d", "seed": 4, "evaluation_split": "validation"}
-    model = experiment.build_model(experiment.load_data())
+    model = build.model(experiment, build.load_data(experiment))
     assert isinstance(model, models.CNN) and model.channels == 8
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: {name: digits}\nmodel: {name: cnn}\n")

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from optim_chain.lab import cli, config, data
+from optim_chain.lab import build, cli, config, data
 
 pytest.importorskip("mnist1d", reason="mnist1d is not installed: pip install -e '.[lab]'")
 
@@ -97,7 +97,7 @@ def test_compare_reports_intervals_and_paired_differences(tmp_path):
 
 def test_cosine_schedule_wraps_each_learning_rate(tmp_path):
     experiment = config.load_experiment(_write(tmp_path, TINY_COMPARE), "compare")
-    adamw = experiment.optimizers["adamw"].build_scheduled("cosine", 6)
+    adamw = build.scheduled_optimizer(experiment.optimizers["adamw"], "cosine", 6)
     lr_part = adamw.parts[3]
     assert lr_part.name == "scale_by_learning_rate" and callable(lr_part.hyperparams["learning_rate"])
     schedule = optax.cosine_decay_schedule(1e-2, 6)
@@ -115,7 +115,9 @@ def test_cosine_needs_a_number_for_the_learning_rate(tmp_path):
     )
     experiment = config.load_experiment(_write(tmp_path, text), "compare")
     with pytest.raises(config.ConfigError, match="must be a number under training.schedule: cosine"):
-        experiment.optimizers["adam_l2"].build_scheduled("cosine", 6)
+        build.scheduled_optimizer(experiment.optimizers["adam_l2"], "cosine", 6)
+    with pytest.raises(config.ConfigError, match="'optimizers.adam_l2.learning_rate' must be a number under"):
+        build.check(experiment)  # what the command runs before training
     bad = _write(tmp_path, TINY_COMPARE.replace("schedule: cosine", "schedule: linear"))
     with pytest.raises(config.ConfigError, match="valid choices: constant, cosine"):
         config.load_experiment(bad, "compare")
@@ -131,4 +133,4 @@ def test_mnist1d_configs_load():
     assert compare.data.get("evaluation_split", "test") == "test" and compare.training.seeds >= 10
     assert set(compare.optimizers) == set(sweep.optimizers)
     for spec in compare.optimizers.values():
-        spec.build_scheduled(compare.training.schedule, compare.training.steps)
+        build.scheduled_optimizer(spec, compare.training.schedule, compare.training.steps)

@@ -20,6 +20,10 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from optim_chain.lab.config import Experiment
 
 # JAX, Flax and the configs load only once a command runs, so that --help answers at once.
 
@@ -98,23 +102,36 @@ def _kind_of(path: str) -> str:
     return "sweep" if has_grid or "pairs" in raw or "baseline" in raw else "compare"
 
 
+def _experiment(path: str | None, kind: str, overrides: Sequence[str]) -> Experiment:
+    """The checked experiment: a mistake, a value a constructor refuses included, stops here.
+
+    :func:`~optim_chain.lab.config.load_experiment` checks keys, types and choices, then
+    :func:`~optim_chain.lab.build.check` builds each optimizer once, before any data is loaded,
+    ``--out`` is looked at or a run trains.
+    """
+    from optim_chain.lab import build, config
+
+    experiment = config.load_experiment(path, kind, overrides)
+    build.check(experiment)
+    return experiment
+
+
 def _show(args: argparse.Namespace) -> int:
-    from optim_chain.lab import config
+    from optim_chain.lab import build
 
     kind = _kind_of(args.config)
     if kind == "optimizer":
-        raw = config.apply_overrides(config.read_yaml(args.config), args.overrides, config.Where(args.config))
-        print(config.build_optimizer(raw.get("optimizer"), config.Where(args.config, "optimizer")))
+        print(build.load_optimizer(args.config, args.overrides))
         return 0
-    experiment = config.load_experiment(args.config, kind, args.overrides)
+    experiment = _experiment(args.config, kind, args.overrides)
     for label, spec in experiment.optimizers.items():
         if kind == "sweep":
             grid = experiment.grids[label]
-            transform = spec.build(
-                {"learning_rate": grid.learning_rate[0], "weight_decay": grid.weight_decay[0]}
+            transform = build.optimizer(
+                spec, {"learning_rate": grid.learning_rate[0], "weight_decay": grid.weight_decay[0]}
             )
         else:
-            transform = spec.build()
+            transform = build.optimizer(spec)
         print(f"{label} =\n{transform}\n")
     return 0
 
@@ -123,7 +140,7 @@ def _masks(args: argparse.Namespace) -> int:
     import jax
 
     from optim_chain import masks
-    from optim_chain.lab import config, diagnostics
+    from optim_chain.lab import build, config, diagnostics
 
     kind = _kind_of(args.config) if args.config else "compare"
     if kind == "optimizer":
@@ -131,18 +148,18 @@ def _masks(args: argparse.Namespace) -> int:
             "holds one optimizer, not an experiment: masks needs a compare or sweep file (its model "
             f"defines the parameters); for this optimizer's chain run optim-chain show --config {args.config}"
         )
-    experiment = config.load_experiment(args.config, kind, args.overrides)
-    dataset = experiment.load_data()
-    model = experiment.build_model(dataset)
+    experiment = _experiment(args.config, kind, args.overrides)
+    dataset = build.load_data(experiment)
+    model = build.model(experiment, dataset)
     params = jax.eval_shape(model.init, jax.random.key(0), dataset.x_train[:1])["params"]
     for label, spec in experiment.optimizers.items():
         if kind == "sweep":
             grid = experiment.grids[label]
-            transform = spec.build(
-                {"learning_rate": grid.learning_rate[0], "weight_decay": grid.weight_decay[-1]}
+            transform = build.optimizer(
+                spec, {"learning_rate": grid.learning_rate[0], "weight_decay": grid.weight_decay[-1]}
             )
         else:
-            transform = spec.build()
+            transform = build.optimizer(spec)
         decays = jax.tree.unflatten(jax.tree.structure(params), diagnostics.decayed_flags(transform, params))
         print(f"{label}:\n{masks.describe_mask(params, decays, warn=False)}\n")
     return 0
@@ -178,7 +195,7 @@ def _run(args: argparse.Namespace) -> int:
             return _show(args)
         if args.command == "masks":
             return _masks(args)
-        experiment = config.load_experiment(args.config, args.command, _shortcuts(args))
+        experiment = _experiment(args.config, args.command, _shortcuts(args))
         problem = _writable(args.out)
         if problem:
             print(f"optim-chain {args.command}: {problem}", file=sys.stderr)

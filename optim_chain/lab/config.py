@@ -42,6 +42,11 @@ split its parameters into torch-style groups, each a ``mask`` and the keywords i
         - {mask: {path_matches: Embed}, learning_rate: 1.0e-4}
 
 Experiment files (``compare`` and ``sweep``) are described in :func:`load_experiment`.
+
+This module reads and checks; it builds nothing. :mod:`optim_chain.lab.build` turns what it
+returns into optimizers, models and data sets, and :func:`optim_chain.lab.build.check` builds an
+experiment's optimizers once, so that a value a constructor refuses (a negative learning rate,
+``b1: 1.0``) is reported on the same kind of line before anything trains.
 """
 
 from __future__ import annotations
@@ -55,15 +60,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 import optax
 import yaml
 
 import optim_chain as oc
-from optim_chain import masks
 from optim_chain.lab import data as data_lib
-from optim_chain.lab import models
 from optim_chain.transform import Transform
 
 PRESETS: dict[str, Callable[..., Transform]] = {
@@ -111,8 +113,6 @@ RATE_ARGUMENTS = ("learning_rate", "multiplier", "weight_decay")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 #: The most values one ``{min, max, num}`` grid axis may have.
 MAX_GRID_POINTS = 1000
-#: What building a transform or schedule raises on a bad argument (a huge integer: OverflowError).
-_BUILD_ERRORS = (TypeError, ValueError, ArithmeticError)
 
 
 class ConfigError(ValueError):
@@ -177,22 +177,13 @@ def _integer(value: Any, where: Where, minimum: int = 0) -> int:
     return value
 
 
-def _numbers_in_text(value: Any) -> Any:
-    """YAML 1.1 reads ``1e-3`` as text; turn such text back into a number."""
-    if isinstance(value, str) and _NUMBER.match(value.strip()):
-        return float(value)
-    return value
-
-
 # ------------------------------------------------------------------------------------ masks
 
 
-def parse_mask(spec: Any, where: Where) -> Any:
-    """A mask from its YAML form: ``default``, ``all`` or a predicate mapping (see module doc)."""
-    if spec is None or spec == "all":
-        return None
-    if spec == "default":
-        return masks.DEFAULT_DECAY
+def _check_mask(spec: Any, where: Where) -> None:
+    """Checks a mask's YAML form: ``default``, ``all`` or a predicate mapping (see module doc)."""
+    if spec is None or spec in MASK_NAMES:
+        return
     if isinstance(spec, str):
         raise where.error(
             f"is {spec!r}; valid choices: {_choices(MASK_NAMES)}, or a mapping with one of "
@@ -208,45 +199,39 @@ def parse_mask(spec: Any, where: Where) -> Any:
         names = [argument] if isinstance(argument, str) else argument
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             raise inner.error(f"must be a name or a list of names, got {argument!r}")
-        return masks.name_is(*names)
-    if operator == "path_matches":
+    elif operator == "path_matches":
         if not isinstance(argument, str):
             raise inner.error(f"must be a regular expression, got {argument!r}")
-        try:
-            return masks.path_matches(argument)
-        except ValueError as error:
-            raise inner.error(str(error)) from None
-    if operator in ("ndim_at_least", "ndim_at_most"):
-        return getattr(masks, operator)(_integer(argument, inner))
-    if operator == "not":
-        return ~_predicate(argument, inner)
-    if not isinstance(argument, list) or not argument:
-        raise inner.error(f"must be a non-empty list of masks, got {argument!r}")
-    parts = [_predicate(item, inner.child(i)) for i, item in enumerate(argument)]
-    combined = parts[0]
-    for part in parts[1:]:
-        combined = (combined & part) if operator == "all_of" else (combined | part)
-    return combined
-
-
-def _predicate(spec: Any, where: Where) -> masks.Predicate:
-    mask = parse_mask(spec, where)
-    if mask is None:
-        return masks.everything()
-    return mask
+    elif operator in ("ndim_at_least", "ndim_at_most"):
+        _integer(argument, inner)
+    elif operator == "not":
+        _check_mask(argument, inner)
+    else:
+        if not isinstance(argument, list) or not argument:
+            raise inner.error(f"must be a non-empty list of masks, got {argument!r}")
+        for index, item in enumerate(argument):
+            _check_mask(item, inner.child(index))
 
 
 # ------------------------------------------------------------------------------- optimizers
 
 
-def _schedule(spec: Mapping[str, Any], where: Where) -> optax.Schedule:
+def numbers_in_text(value: Any) -> Any:
+    """``value``, or the number it spells when it is text: YAML 1.1 reads ``1e-3`` as text."""
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        return float(value)
+    return value
+
+
+def _check_schedule(spec: Any, where: Where) -> None:
     spec = _mapping(spec, where)
     name = spec.pop("schedule", None)
     if not isinstance(name, str) or name not in SCHEDULES:
         raise where.child("schedule").error(f"is {name!r}; valid choices: {_choices(sorted(SCHEDULES))}")
-    arguments = _arguments(SCHEDULES[name], spec, where)
+    _check_arguments(SCHEDULES[name], spec, where)
     parameters = inspect.signature(SCHEDULES[name]).parameters
-    for key, value in arguments.items():
+    for key, value in spec.items():
+        value = numbers_in_text(value)
         default = parameters[key].default
         if isinstance(default, bool):
             if not isinstance(value, bool):
@@ -255,27 +240,22 @@ def _schedule(spec: Mapping[str, Any], where: Where) -> optax.Schedule:
             isinstance(value, bool) or not isinstance(value, (int, float))
         ):
             raise where.child(key).error(f"must be a number, got {value!r}")
-    return _call(SCHEDULES[name], arguments, where)
 
 
-def _argument(name: str, value: Any, where: Where) -> Any:
+def _check_argument(name: str, value: Any, where: Where) -> None:
     if name == "mask":
-        return parse_mask(value, where)
-    if name == "moment_dtype":
-        if value is None:
-            return None
-        if value not in DTYPES:
+        _check_mask(value, where)
+    elif name == "moment_dtype":
+        if value is not None and value not in DTYPES:
             raise where.error(f"is {value!r}; valid choices: {_choices(DTYPES)}")
-        return jnp.dtype(value)
-    if name in RATE_ARGUMENTS and isinstance(value, Mapping):
-        return _schedule(value, where)
-    if isinstance(value, int) and not isinstance(value, bool):
+    elif name in RATE_ARGUMENTS and isinstance(value, Mapping):
+        _check_schedule(value, where)
+    elif isinstance(value, int) and not isinstance(value, bool):
         _number(value, where)  # an integer beyond the float range is reported here, by its key
-    return _numbers_in_text(value)
 
 
-def _arguments(function: Callable[..., Any], given: Mapping[str, Any], where: Where) -> dict[str, Any]:
-    """Checks ``given`` against ``function``'s keyword arguments and converts the values."""
+def _check_arguments(function: Callable[..., Any], given: Mapping[str, Any], where: Where) -> None:
+    """Checks ``given`` against ``function``'s keyword arguments, and each value's form."""
     parameters = inspect.signature(function).parameters
     _check_keys(given, list(parameters), where)
     missing = [
@@ -285,24 +265,18 @@ def _arguments(function: Callable[..., Any], given: Mapping[str, Any], where: Wh
     ]
     if missing:
         raise where.error(f"is missing the required argument(s) {', '.join(missing)}")
-    return {name: _argument(name, value, where.child(name)) for name, value in given.items()}
+    for name, value in given.items():
+        _check_argument(name, value, where.child(name))
 
 
-def _call(function: Callable[..., Any], arguments: Mapping[str, Any], where: Where) -> Any:
-    try:
-        return function(**arguments)
-    except _BUILD_ERRORS as error:
-        raise where.error(f"is invalid: {' '.join(str(error).split())}") from None
-
-
-def build_optimizer(spec: Any, where: Where, overrides: Mapping[str, Any] | None = None) -> Transform:
-    """Builds the transform that an optimizer mapping describes.
+def parse_optimizer(spec: Any, where: Where, set_by_experiment: Sequence[str] = ()) -> OptimizerSpec:
+    """Checks an optimizer mapping's keys, types and choices; :mod:`.build` builds it.
 
     Args:
       spec: ``{preset: name, **arguments}`` or ``{chain: [...]}`` (see the module docstring).
       where: the file and key of ``spec``, for error messages.
-      overrides: preset arguments set from outside the file (the sweep's learning rate and
-        weight decay, possibly tracers).
+      set_by_experiment: preset arguments that the experiment sets and the mapping must leave out
+        (a sweep's ``learning_rate`` and ``weight_decay``).
 
     Raises:
       ConfigError: on any mistake, naming the file, the key and the valid choices.
@@ -312,50 +286,49 @@ def build_optimizer(spec: Any, where: Where, overrides: Mapping[str, Any] | None
         raise where.error("must have exactly one of 'preset' or 'chain'")
     if "chain" in spec:
         _check_keys(spec, ["chain"], where)
-        if overrides:
-            raise where.error(f"is a chain; only a preset can take {', '.join(overrides)} from outside")
-        return _build_chain(spec["chain"], where.child("chain"))
-    name = spec.pop("preset")
+        if set_by_experiment:
+            taken = ", ".join(set_by_experiment)
+            raise where.error(f"is a chain; only a preset can take {taken} from outside")
+        _check_chain(spec["chain"], where.child("chain"))
+        return OptimizerSpec(spec, where)
+    name = spec["preset"]
     if not isinstance(name, str) or name not in PRESETS:
         raise where.child("preset").error(f"is {name!r}; valid choices: {_choices(sorted(PRESETS))}")
     preset = PRESETS[name]
     valid = ["preset", "param_groups", *inspect.signature(preset).parameters]
     _check_keys(spec, valid, where)
-    for key in overrides or {}:
+    for key in set_by_experiment:
         if key in spec:
             raise where.child(key).error("is set by the experiment and must be left out here")
         if key not in valid:
             raise where.child("preset").error(f"is {name!r}, which has no argument {key!r}")
-    groups = spec.pop("param_groups", None)
-    arguments = _arguments(preset, {**dict.fromkeys(overrides or {}, 0.0), **spec}, where)
-    arguments.update(overrides or {})
-    if groups is None:
-        return _call(preset, arguments, where)
-    parsed = _param_groups(preset, groups, where.child("param_groups"))
-    return _call(lambda **defaults: oc.param_groups(preset, parsed, **defaults), arguments, where)
+    arguments = {k: v for k, v in spec.items() if k not in ("preset", "param_groups")}
+    _check_arguments(preset, {**dict.fromkeys(set_by_experiment, 0.0), **arguments}, where)
+    if spec.get("param_groups") is not None:
+        _check_param_groups(preset, spec["param_groups"], where.child("param_groups"))
+    return OptimizerSpec(spec, where)
 
 
-def _param_groups(preset: Callable[..., Transform], items: Any, where: Where) -> list[tuple[Any, dict]]:
-    """``[(selector, overrides), ...]`` from ``[{mask: ..., keyword: value, ...}, ...]``."""
+def _check_param_groups(preset: Callable[..., Transform], items: Any, where: Where) -> None:
+    """Checks ``[{mask: ..., keyword: value, ...}, ...]``."""
     if not isinstance(items, list) or not items:
         raise where.error("must be a non-empty list of groups, each {mask: ..., keyword: value, ...}")
     keywords = [k for k in inspect.signature(preset).parameters if k != "mask"]
-    groups = []
     for index, item in enumerate(items):
         here = where.child(index)
         item = _mapping(item, here)
         if "mask" not in item:
             raise here.error("needs a 'mask' selecting the group's parameters")
         _check_keys(item, ["mask", *keywords], here)
-        selector = _predicate(item.pop("mask"), here.child("mask"))
-        groups.append((selector, {k: _argument(k, v, here.child(k)) for k, v in item.items()}))
-    return groups
+        _check_mask(item["mask"], here.child("mask"))
+        for key, value in item.items():
+            if key != "mask":
+                _check_argument(key, value, here.child(key))
 
 
-def _build_chain(items: Any, where: Where) -> Transform:
+def _check_chain(items: Any, where: Where) -> None:
     if not isinstance(items, list) or not items:
         raise where.error("must be a non-empty list of primitives")
-    parts = []
     for index, item in enumerate(items):
         here = where.child(index)
         if isinstance(item, str):
@@ -367,9 +340,7 @@ def _build_chain(items: Any, where: Where) -> Transform:
             raise here.error(f"must be a primitive name or a mapping {{name: {{arguments}}}}, got {item!r}")
         if name not in PRIMITIVES:
             raise here.error(f"names {name!r}; valid primitives: {_choices(sorted(PRIMITIVES))}")
-        arguments = _arguments(PRIMITIVES[name], given, here.child(name))
-        parts.append(_call(PRIMITIVES[name], arguments, here.child(name)))
-    return oc.chain(*parts, name="chain")
+        _check_arguments(PRIMITIVES[name], given, here.child(name))
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -396,14 +367,22 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return _mapping(loaded, where)
 
 
-def load_optimizer(path: str | Path) -> Transform:
-    """Builds the optimizer of a file whose top level is ``optimizer: {...}``."""
-    raw = read_yaml(path)
+def read_optimizer(path: str | Path, overrides: Sequence[str] = ()) -> OptimizerSpec:
+    """Reads and checks a file whose top level is ``optimizer: {...}``.
+
+    Args:
+      path: the YAML file.
+      overrides: ``key.path=value`` strings applied before validation.
+
+    Raises:
+      ConfigError: on any mistake, naming the file, the key and the valid choices.
+    """
     where = Where(str(path))
+    raw = apply_overrides(read_yaml(path), overrides, where)
     _check_keys(raw, ["optimizer"], where)
     if "optimizer" not in raw:
         raise where.error("has no 'optimizer' mapping")
-    return build_optimizer(raw["optimizer"], where.child("optimizer"))
+    return parse_optimizer(raw["optimizer"], where.child("optimizer"))
 
 
 # ------------------------------------------------------------------------------ experiments
@@ -411,39 +390,10 @@ def load_optimizer(path: str | Path) -> Transform:
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
-    """An optimizer of an experiment: its validated mapping and where it came from."""
+    """An optimizer: its checked mapping and where it came from (:mod:`.build` builds it)."""
 
     spec: dict[str, Any]
     where: Where
-
-    def build(self, overrides: Mapping[str, Any] | None = None) -> Transform:
-        return build_optimizer(copy.deepcopy(self.spec), self.where, overrides)
-
-    def build_scheduled(
-        self, schedule: str, steps: int, overrides: Mapping[str, Any] | None = None
-    ) -> Transform:
-        """:meth:`build` with the learning rate (from ``overrides`` or the spec) under ``schedule``.
-
-        ``"cosine"`` replaces a number ``lr`` by ``optax.cosine_decay_schedule(lr, steps)`` and,
-        where decoupled decay follows the schedule (``decay_scaling`` ``schedule`` or
-        ``corrected``), passes ``lr`` as its ``peak_learning_rate``. ``lr`` may be a tracer.
-        """
-        if schedule == "constant":
-            return self.build(overrides)
-        spec = copy.deepcopy(self.spec)
-        given = dict(overrides or {})
-        lr = given.pop("learning_rate", None)
-        if lr is None:
-            lr = spec.pop("learning_rate", None)
-        if lr is None or isinstance(lr, Mapping) or callable(lr):
-            raise self.where.child("learning_rate").error(
-                f"must be a number under training.schedule: {schedule}, which makes the schedule itself"
-            )
-        lr = _numbers_in_text(lr)
-        given["learning_rate"] = optax.cosine_decay_schedule(lr, steps)
-        if spec.get("decay_scaling") in ("schedule", "corrected") and "peak_learning_rate" not in spec:
-            given["peak_learning_rate"] = lr
-        return build_optimizer(spec, self.where, given)
 
     @property
     def label(self) -> str:
@@ -483,7 +433,7 @@ class Grid:
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-    """A validated ``compare`` or ``sweep`` configuration.
+    """A ``compare`` or ``sweep`` configuration, its keys, types and choices checked.
 
     Attributes:
       kind: ``"compare"`` or ``"sweep"``.
@@ -508,27 +458,6 @@ class Experiment:
     pairs: tuple[tuple[str, str], ...] = ()
     baseline_runs: int = 0
     source: str = "<built-in>"
-
-    def load_data(self) -> data_lib.Dataset:
-        arguments = {k: v for k, v in self.data.items() if k != "name"}
-        return data_lib.load(self.data["name"], **arguments)
-
-    def load_test_data(self) -> data_lib.Dataset:
-        """The data with the test split where the loops evaluate (for the tuned point only)."""
-        arguments = {k: v for k, v in self.data.items() if k != "name"}
-        if "evaluation_split" in arguments:
-            arguments["evaluation_split"] = "test"
-        return data_lib.load(self.data["name"], **arguments)
-
-    def build_model(self, dataset: data_lib.Dataset) -> Any:
-        arguments = {k: v for k, v in self.model.items() if k != "name"}
-        if self.model["name"] == "mlp":
-            return models.MLP(num_classes=dataset.num_classes, **arguments)
-        if self.model["name"] == "cnn":
-            return models.CNN(num_classes=dataset.num_classes, **arguments)
-        return models.Transformer(
-            vocab_size=dataset.num_classes, max_len=dataset.x_train.shape[1], **arguments
-        )
 
 
 _MLP_ARGUMENTS = {"hidden": [128], "layer_norm": True}
@@ -624,7 +553,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], where: Where)
 
 
 def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str] = ()) -> Experiment:
-    """Reads and validates a ``compare`` or ``sweep`` experiment.
+    """Reads and checks a ``compare`` or ``sweep`` experiment.
 
     Keys (all optional; the defaults are :data:`DEFAULT_COMPARE` and :data:`DEFAULT_SWEEP`):
 
@@ -645,6 +574,11 @@ def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str]
       path: the YAML file, or ``None`` for the built-in default of ``kind``.
       kind: ``"compare"`` or ``"sweep"``.
       overrides: ``key.path=value`` strings applied before validation.
+
+    Raises:
+      ConfigError: on any mistake in the keys, types or choices, naming the file and the key. The
+        values an optimizer's constructor checks are checked by
+        :func:`optim_chain.lab.build.check`.
     """
     if kind not in ("compare", "sweep"):
         raise ValueError(f"kind must be 'compare' or 'sweep', got {kind!r}")
@@ -683,11 +617,9 @@ def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str]
         spec = _mapping(spec, here)
         if kind == "sweep":
             grids[label] = _grid(spec.pop("grid", None), here.child("grid"))
-            overrides_now = {"learning_rate": grids[label].learning_rate[0], "weight_decay": 0.0}
-            build_optimizer(copy.deepcopy(spec), here, overrides_now)
+            optimizers[label] = parse_optimizer(spec, here, ("learning_rate", "weight_decay"))
         else:
-            build_optimizer(copy.deepcopy(spec), here)
-        optimizers[label] = OptimizerSpec(spec, here)
+            optimizers[label] = parse_optimizer(spec, here)
     if kind == "compare":
         return Experiment(kind, name, dataset, model, training, optimizers, source=where.file)
     pairs = _pairs(raw.get("pairs", []), list(optimizers), where.child("pairs"))

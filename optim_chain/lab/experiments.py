@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from optim_chain.lab import diagnostics, plots, statistics
+from optim_chain.lab import build, diagnostics, plots, statistics
 from optim_chain.lab.config import Experiment, OptimizerSpec
 from optim_chain.lab.training import Trainer, unstack
 
@@ -123,14 +123,15 @@ def compare(
     """Runs a ``compare`` experiment and writes ``<out_dir>/<name>/``; returns the metrics.
 
     Args:
-      experiment: from :func:`optim_chain.lab.config.load_experiment` with ``kind="compare"``.
+      experiment: from :func:`optim_chain.lab.config.load_experiment` with ``kind="compare"``,
+        checked by :func:`optim_chain.lab.build.check`.
       out_dir: the parent of the run directory.
       progress: show a progress bar on stderr.
       echo: where the result table is printed.
     """
     start = time.perf_counter()
-    dataset = experiment.load_data()
-    model = experiment.build_model(dataset)
+    dataset = build.load_data(experiment)
+    model = build.model(experiment, dataset)
     training = experiment.training
     seeds = training.first_seed + np.arange(training.seeds)
     bar = _progress(training.steps * len(experiment.optimizers), progress, "compare")
@@ -142,7 +143,7 @@ def compare(
         bar.set_description(f"compare: {label}")
         trainer = Trainer(model, dataset, _fixed(spec, training), training.batch_size, training.eval_every)
         run = trainer.run({}, seeds, training.steps, progress=bar.update)
-        transform = spec.build_scheduled(training.schedule, training.steps)
+        transform = build.scheduled_optimizer(spec, training.schedule, training.steps)
         params0 = unstack(run.final.params, 0)
         decayed, total = diagnostics.decayed_parameters(transform, params0)
         norms = [diagnostics.weight_norm(unstack(run.final.params, i)) for i in range(len(seeds))]
@@ -235,11 +236,11 @@ def _intervals(results: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
 
 
 def _fixed(spec: OptimizerSpec, training: Any) -> Callable[[Any], Any]:
-    def build(hyperparams: Any) -> Any:
+    def optimizer(hyperparams: Any) -> Any:
         del hyperparams
-        return spec.build_scheduled(training.schedule, training.steps)
+        return build.scheduled_optimizer(spec, training.schedule, training.steps)
 
-    return build
+    return optimizer
 
 
 def _ci_text(interval: dict[str, Any] | None, scale: float = 100.0, digits: int = 2) -> str:
@@ -348,8 +349,8 @@ def sweep(
     floats) as ``cells x (compile + time per run)``.
     """
     start = time.perf_counter()
-    dataset = experiment.load_data()
-    model = experiment.build_model(dataset)
+    dataset = build.load_data(experiment)
+    model = build.model(experiment, dataset)
     training = experiment.training
     worst = math.log(dataset.num_classes)
     seeds = training.first_seed + np.arange(training.seeds)
@@ -391,7 +392,8 @@ def sweep(
         )
         results[label] = {
             "chain": str(
-                spec.build_scheduled(
+                build.scheduled_optimizer(
+                    spec,
                     training.schedule,
                     training.steps,
                     {"learning_rate": float(lrs[0]), "weight_decay": float(wds[0])},
@@ -426,7 +428,7 @@ def sweep(
         if training.final_seeds:
             bar.set_description(f"sweep: {label} at its tuned cell, on the test split")
             if test_dataset is None:  # loaded once, after the first grid has been tuned
-                test_dataset = experiment.load_test_data()
+                test_dataset = build.load_test_data(experiment)
             results[label]["final"] = _final_test(
                 experiment, model, test_dataset, spec, float(lrs[best[0]]), float(wds[best[1]]), bar.update
             )
@@ -556,14 +558,15 @@ def _claims(results: dict[str, Any], worst: float) -> list[dict[str, Any]]:
 
 
 def _from_grid(spec: OptimizerSpec, training: Any) -> Callable[[Any], Any]:
-    def build(hyperparams: Any) -> Any:
-        return spec.build_scheduled(
+    def optimizer(hyperparams: Any) -> Any:
+        return build.scheduled_optimizer(
+            spec,
             training.schedule,
             training.steps,
             {"learning_rate": hyperparams["learning_rate"], "weight_decay": hyperparams["weight_decay"]},
         )
 
-    return build
+    return optimizer
 
 
 def _sequential_timing(
