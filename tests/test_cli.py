@@ -118,10 +118,10 @@ def test_show_prints_chains(capsys):
 
 
 def test_masks_lists_decayed_parameters(capsys):
-    assert cli.main(["masks", "--set", "model.hidden=[4]"]) == 0
+    assert cli.main(["masks"]) == 0  # the default experiment: the MNIST-1D CNN
     out = capsys.readouterr().out
-    assert "adam:" in out and "0 of 6 leaves decay" in out
-    assert "2 of 6 leaves decay (296 of 318 parameters)" in out
+    assert "adam:" in out and "0 of 8 leaves decay" in out
+    assert "4 of 8 leaves decay (5,125 of 5,210 parameters)" in out
 
 
 def test_bench_dispatches_lazily_or_explains(monkeypatch, capsys):
@@ -211,5 +211,5 @@ def test_show_into_a_closed_pipe_ends_quietly(monkeypatch, tmp_path, capsys):
             return self.handle.fileno()
 
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
-    assert cli.main(["show", "--config", str(ROOT / "configs" / "compare.yaml")]) == 0
+    assert cli.main(["show", "--config", str(ROOT / "configs" / "digits_compare.yaml")]) == 0
     assert "Traceback" not in capsys.readouterr().err

@@ -31,7 +31,9 @@ def _mlp_params(hidden: int = 8) -> dict:
 def test_every_config_file_is_covered():
     names = {p.name for p in PRESET_FILES}
     assert names == {f"{preset}.yaml" for preset in config.PRESETS}
-    assert {p.name for p in EXPERIMENT_FILES} >= {"compare.yaml", "sweep.yaml", "compare_custom_chain.yaml"}
+    assert {p.name for p in EXPERIMENT_FILES} >= {
+        "mnist1d_compare.yaml", "mnist1d_sweep.yaml", "digits_compare.yaml", "compare_custom_chain.yaml"
+    }
 
 
 def test_preset_files_build_their_preset_and_train():
@@ -115,7 +117,7 @@ def _without_source(experiment: config.Experiment) -> config.Experiment:
 
 @pytest.mark.parametrize("kind", ["compare", "sweep"])
 def test_config_files_spell_out_the_built_in_defaults(kind):
-    from_file = config.load_experiment(CONFIGS / f"{kind}.yaml", kind)
+    from_file = config.load_experiment(CONFIGS / f"mnist1d_{kind}.yaml", kind)
     built_in = config.load_experiment(None, kind)
     assert _without_source(from_file) == _without_source(built_in)
 
@@ -164,9 +166,9 @@ def test_numbers_written_without_a_dot_and_schedules(tmp_path):
 
 def test_overrides_apply_before_validation():
     experiment = config.load_experiment(
-        None, "compare", ["training.steps=7", "model.hidden=[4, 3]", "name=x"]
+        None, "compare", ["training.steps=7", "model.channels=4", "name=x"]
     )
-    assert experiment.training.steps == 7 and experiment.model["hidden"] == (4, 3) and experiment.name == "x"
+    assert experiment.training.steps == 7 and experiment.model["channels"] == 4 and experiment.name == "x"
 
 
 def test_loading_checks_the_form_and_building_the_values(tmp_path):
@@ -284,7 +286,7 @@ BAD_EXPERIMENTS = [
     (
         "sweep",
         "pairs: [[adam_l2, adamx]]\n",
-        "key 'pairs.0' names 'adamx'; valid choices: adam_l2, adamw, sgd_l2, sgdw",
+        "key 'pairs.0' names 'adamx'; valid choices: adam, adam_l2, adamw, adamw_torch, sgd_l2, sgdw",
     ),
 ]
 

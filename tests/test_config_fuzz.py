@@ -145,7 +145,7 @@ MALFORMED: dict[str, tuple[str, str | bytes, tuple[str, ...]]] = {
     ),
     "string-as-test-fraction": (
         "compare",
-        "data: {test_fraction: half}\n",
+        "data: {name: digits, test_fraction: half}\n",
         ("key 'data.test_fraction' must be a number, got 'half'",),
     ),
     "string-as-steps": (
@@ -190,7 +190,7 @@ MALFORMED: dict[str, tuple[str, str | bytes, tuple[str, ...]]] = {
     ),
     "mapping-as-hidden": (
         "compare",
-        "model: {hidden: {a: 1}}\n",
+        "model: {name: mlp, hidden: {a: 1}}\n",
         ("key 'model.hidden' must be a non-empty list",),
     ),
     "mapping-as-b1": (
@@ -222,7 +222,7 @@ MALFORMED: dict[str, tuple[str, str | bytes, tuple[str, ...]]] = {
     "number-as-bool": ("optimizer", OPT + "  skip_nonfinite: 1\n", ("skip_nonfinite must be a bool, got 1",)),
     "number-as-layer-norm": (
         "compare",
-        "model: {layer_norm: 1}\n",
+        "model: {name: mlp, layer_norm: 1}\n",
         ("key 'model.layer_norm' must be true or false",),
     ),
     "number-as-mask": ("optimizer", OPT + "  mask: 3\n", ("key 'optimizer.mask' must be a mapping, got 3",)),
@@ -318,7 +318,7 @@ MALFORMED: dict[str, tuple[str, str | bytes, tuple[str, ...]]] = {
     ),
     "test-fraction-one": (
         "compare",
-        "data: {test_fraction: 1.0}\n",
+        "data: {name: digits, test_fraction: 1.0}\n",
         ("key 'data.test_fraction' must lie in (0, 1)",),
     ),
     # --- unknown names (the choices are listed)
@@ -378,7 +378,7 @@ MALFORMED: dict[str, tuple[str, str | bytes, tuple[str, ...]]] = {
     "unknown-pair-label": (
         "sweep",
         "pairs: [[adam_l2, adamx]]\n",
-        ("key 'pairs.0' names 'adamx'; valid choices: adam_l2, adamw, sgd_l2, sgdw",),
+        ("key 'pairs.0' names 'adamx'; valid choices: adam, adam_l2, adamw, adamw_torch, sgd_l2, sgdw",),
     ),
     "missing-optimizer-file": (
         "compare",

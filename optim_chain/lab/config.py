@@ -464,65 +464,74 @@ _MLP_ARGUMENTS = {"hidden": [128], "layer_norm": True}
 _CNN_ARGUMENTS = {"channels": 25}
 _TRANSFORMER_ARGUMENTS = {"d_model": 64, "num_heads": 4, "num_layers": 2}
 
-#: The default ``compare`` experiment (``configs/compare.yaml`` spells out the same).
+#: The default ``compare`` experiment (``configs/mnist1d_compare.yaml`` spells out the same): every
+#: optimizer at its tuned cell of the default sweep, on the sweep's 20 test seeds.
 DEFAULT_COMPARE: dict[str, Any] = {
-    "name": "compare",
-    "data": {"name": "digits", "test_fraction": 0.5},
-    "model": {"name": "mlp", "hidden": [128], "layer_norm": True},
-    "training": {"steps": 2000, "batch_size": 32, "eval_every": 100, "seeds": 10},
+    "name": "mnist1d_compare",
+    "data": {"name": "mnist1d", "seed": 42},
+    "model": {"name": "cnn", "channels": 25},
+    "training": {
+        "steps": 3000, "batch_size": 100, "eval_every": 300, "seeds": 20, "first_seed": 1000,
+        "schedule": "cosine",
+    },
     "optimizers": {
-        "adam": {"preset": "adam", "learning_rate": 1.0e-3},
-        "adam_l2": {"preset": "adam_l2", "learning_rate": 1.0e-3, "weight_decay": 1.0e-2, "mask": "default"},
-        "adamw": {"preset": "adamw", "learning_rate": 1.0e-3, "weight_decay": 1.0e-2, "mask": "default"},
+        "adam": {"preset": "adam", "learning_rate": 3.0e-2},
+        "adam_l2": {"preset": "adam_l2", "learning_rate": 3.0e-2, "weight_decay": 1.0e-3, "mask": "default"},
+        "adamw": {
+            "preset": "adamw", "learning_rate": 3.0e-2, "weight_decay": 1.0e-4, "mask": "default",
+            "decay_scaling": "schedule",
+        },
+        "sgd_l2": {
+            "preset": "sgd_l2", "learning_rate": 3.0e-1, "weight_decay": 1.0e-3, "momentum": 0.9,
+            "mask": "default",
+        },
+        "sgdw": {
+            "preset": "sgdw", "learning_rate": 1.0e-1, "weight_decay": 1.0e-5, "momentum": 0.9,
+            "mask": "default", "decay_scaling": "schedule",
+        },
     },
 }
 
-#: The default ``sweep`` experiment (``configs/sweep.yaml`` spells out the same).
+_ADAM_RATES = [1.0e-3, 3.0e-3, 1.0e-2, 3.0e-2, 1.0e-1]
+_SGD_RATES = [1.0e-2, 3.0e-2, 1.0e-1, 3.0e-1, 1.0]
+_DECAYS = [1.0e-5, 1.0e-4, 1.0e-3, 1.0e-2, 1.0e-1]  # coupled lambda
+_FRACTIONS = [1.0e-6, 1.0e-5, 1.0e-4, 1.0e-3, 1.0e-2]  # decoupled, the paper's form: per step
+
+#: The default ``sweep`` experiment (``configs/mnist1d_sweep.yaml`` spells out the same): the
+#: paper's protocol on MNIST-1D, tuned on the validation split, tested once on 20 new seeds.
 DEFAULT_SWEEP: dict[str, Any] = {
-    "name": "sweep",
-    "data": {"name": "digits", "test_fraction": 0.5},
-    "model": {"name": "mlp", "hidden": [128], "layer_norm": True},
-    "training": {"steps": 2000, "batch_size": 32, "eval_every": 500, "seeds": 2},
+    "name": "mnist1d_sweep",
+    "data": {"name": "mnist1d", "seed": 42, "evaluation_split": "validation"},
+    "model": {"name": "cnn", "channels": 25},
+    "training": {
+        "steps": 3000, "batch_size": 100, "eval_every": 3000, "seeds": 5, "schedule": "cosine",
+        "final_seeds": 20,
+    },
     "optimizers": {
+        "adam": {"preset": "adam_l2", "grid": {"learning_rate": _ADAM_RATES, "weight_decay": [0.0]}},
         "adam_l2": {
-            "preset": "adam_l2",
-            "mask": "default",
-            "grid": {
-                "learning_rate": {"min": 1.0e-4, "max": 1.0e-1, "num": 8},
-                "weight_decay": {"min": 1.0e-6, "max": 1.0e-1, "num": 8},
-            },
+            "preset": "adam_l2", "mask": "default",
+            "grid": {"learning_rate": _ADAM_RATES, "weight_decay": _DECAYS},
         },
         "adamw": {
-            "preset": "adamw",
-            "mask": "default",
-            "decay_scaling": "schedule",
-            "grid": {
-                "learning_rate": {"min": 1.0e-4, "max": 1.0e-1, "num": 8},
-                "weight_decay": {"min": 1.0e-6, "max": 1.0e-2, "num": 8},
-            },
+            "preset": "adamw", "mask": "default", "decay_scaling": "schedule",
+            "grid": {"learning_rate": _ADAM_RATES, "weight_decay": _FRACTIONS},
+        },
+        "adamw_torch": {
+            "preset": "adamw", "mask": "default", "decay_scaling": "learning_rate",
+            "grid": {"learning_rate": _ADAM_RATES, "weight_decay": [1.0e-4, 1.0e-3, 1.0e-2, 1.0e-1, 1.0]},
         },
         "sgd_l2": {
-            "preset": "sgd_l2",
-            "momentum": 0.9,
-            "mask": "default",
-            "grid": {
-                "learning_rate": {"min": 1.0e-3, "max": 1.0, "num": 8},
-                "weight_decay": {"min": 1.0e-5, "max": 1.0, "num": 8},
-            },
+            "preset": "sgd_l2", "momentum": 0.9, "mask": "default",
+            "grid": {"learning_rate": _SGD_RATES, "weight_decay": _DECAYS},
         },
         "sgdw": {
-            "preset": "sgdw",
-            "momentum": 0.9,
-            "mask": "default",
-            "decay_scaling": "schedule",
-            "grid": {
-                "learning_rate": {"min": 1.0e-3, "max": 1.0, "num": 8},
-                "weight_decay": {"min": 1.0e-6, "max": 1.0e-2, "num": 8},
-            },
+            "preset": "sgdw", "momentum": 0.9, "mask": "default", "decay_scaling": "schedule",
+            "grid": {"learning_rate": _SGD_RATES, "weight_decay": _FRACTIONS},
         },
     },
-    "pairs": [["adam_l2", "adamw"], ["sgd_l2", "sgdw"]],
-    "baseline": {"runs": 2},
+    "pairs": [["adam_l2", "adamw"], ["sgd_l2", "sgdw"], ["adamw_torch", "adam"]],
+    "baseline": {"runs": 0},
 }
 
 _COMMON_KEYS = ("name", "data", "model", "training", "optimizers")
@@ -555,14 +564,17 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], where: Where)
 def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str] = ()) -> Experiment:
     """Reads and checks a ``compare`` or ``sweep`` experiment.
 
-    Keys (all optional; the defaults are :data:`DEFAULT_COMPARE` and :data:`DEFAULT_SWEEP`):
+    Keys (all optional; a section left out is the default experiment's, :data:`DEFAULT_COMPARE`
+    or :data:`DEFAULT_SWEEP`; a key left out of a section given is that section's own default):
 
     * ``name``: results go to ``runs/<name>/``.
-    * ``data``: ``{name: digits | text, ...}`` with the keyword arguments of
-      :func:`optim_chain.lab.data.digits` or :func:`optim_chain.lab.data.text`.
-    * ``model``: ``{name: mlp, hidden: [128], layer_norm: true}`` or
-      ``{name: transformer, d_model: 64, num_heads: 4, num_layers: 2}``.
-    * ``training``: ``steps``, ``batch_size``, ``eval_every``, ``seeds``, ``first_seed``.
+    * ``data``: ``{name: mnist1d | digits | text, ...}`` with the keyword arguments of
+      :func:`optim_chain.lab.data.mnist1d`, :func:`optim_chain.lab.data.digits` or
+      :func:`optim_chain.lab.data.text`.
+    * ``model``: ``{name: cnn, channels: 25}`` (MNIST-1D), ``{name: mlp, hidden: [128],
+      layer_norm: true}`` or ``{name: transformer, d_model: 64, num_heads: 4, num_layers: 2}``.
+    * ``training``: ``steps``, ``batch_size``, ``eval_every``, ``seeds``, ``first_seed``,
+      ``schedule`` (``constant`` or ``cosine``) and, in a sweep, ``final_seeds`` (see :class:`Training`).
     * ``optimizers``: label -> an optimizer mapping, or the path of an optimizer file (relative
       to this file). In a sweep each is a preset whose learning rate and weight decay come from
       its ``grid: {learning_rate: ..., weight_decay: ...}``, each axis a list of numbers or
@@ -594,10 +606,8 @@ def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str]
         raise where.child("name").error(f"must be a plain file name (letters, digits, _ . -), got {name!r}")
     dataset = _data(raw.get("data", default["data"]), where.child("data"))
     model = _model(raw.get("model", default["model"]), dataset["name"], where.child("model"))
-    training = _training(
-        {**default["training"], **_mapping(raw.get("training"), where.child("training"))},
-        where.child("training"),
-    )
+    training = _training(_mapping(raw.get("training", default["training"]), where.child("training")),
+                         where.child("training"))
     base = Path(path).parent if path is not None else Path(".")
     optimizers_raw = _mapping(raw.get("optimizers", default["optimizers"]), where.child("optimizers"))
     if not optimizers_raw:
@@ -631,7 +641,7 @@ def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str]
 
 def _data(raw: Any, where: Where) -> dict[str, Any]:
     raw = _mapping(raw, where)
-    name = raw.get("name", "digits")
+    name = raw.get("name", "mnist1d")
     if name not in data_lib.DATASETS:
         raise where.child("name").error(f"is {name!r}; valid choices: {_choices(data_lib.DATASETS)}")
     parameters = inspect.signature(data_lib.LOADERS[name]).parameters
@@ -639,22 +649,28 @@ def _data(raw: Any, where: Where) -> dict[str, Any]:
     checked: dict[str, Any] = {"name": name}
     for key, value in raw.items():
         here = where.child(key)
-        if key in ("test_fraction", "validation_fraction"):
+        if key == "test_fraction":
             checked[key] = _number(value, here)
             if not 0 < checked[key] < 1:
                 raise here.error(f"must lie in (0, 1), got {value!r}")
+        elif key == "validation_fraction":
+            checked[key] = _number(value, here)
+            if not 0 <= checked[key] < 1:
+                raise here.error(f"must lie in [0, 1) (0: no validation split), got {value!r}")
         elif key == "evaluation_split":
             if value not in data_lib.EVALUATION_SPLITS:
                 raise here.error(f"is {value!r}; valid choices: {_choices(data_lib.EVALUATION_SPLITS)}")
             checked[key] = value
         elif key != "name":
             checked[key] = _integer(value, here, 2 if key == "seq_len" else 0)
+    if checked.get("evaluation_split") == "validation" and checked.get("validation_fraction", 1) == 0:
+        raise where.child("evaluation_split").error("is 'validation', which needs validation_fraction > 0")
     return checked
 
 
 def _model(raw: Any, data_name: str, where: Where) -> dict[str, Any]:
     raw = _mapping(raw, where)
-    name = raw.get("name", "mlp")
+    name = raw.get("name", "cnn")
     if name not in MODELS:
         raise where.child("name").error(f"is {name!r}; valid choices: {_choices(MODELS)}")
     expected = MODEL_DATA[name]

@@ -210,8 +210,9 @@ def compare(
     return metrics
 
 
-#: The pairs whose paired difference is reported: decoupled minus coupled decay.
-DECOUPLED_PAIRS = (("adamw", "adam_l2"), ("sgdw", "sgd_l2"))
+#: The pairs whose paired difference is reported: decoupled minus coupled decay (AdamW in the
+#: paper's form and in torch's, ``adamw_torch``, where an experiment has both).
+DECOUPLED_PAIRS = (("adamw", "adam_l2"), ("adamw_torch", "adam_l2"), ("sgdw", "sgd_l2"))
 
 
 def _intervals(results: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -352,7 +353,7 @@ def sweep(
     dataset = build.load_data(experiment)
     model = build.model(experiment, dataset)
     training = experiment.training
-    worst = math.log(dataset.num_classes)
+    worst = 1.0 - 1.0 / dataset.num_classes  # the error of a uniform guess
     seeds = training.first_seed + np.arange(training.seeds)
     phases = 2 if training.final_seeds else 1  # the grid, then the tuned cell on the test split
     bar = _progress(phases * training.steps * len(experiment.optimizers), progress, "sweep")
@@ -378,17 +379,17 @@ def sweep(
         loss = run.test_loss[:, -1].reshape(shape)
         error = 1.0 - run.test_accuracy[:, -1].reshape(shape)
         mean_loss, mean_error = loss.mean(-1), error.mean(-1)
-        sep = diagnostics.separability(mean_loss, lrs, wds, worst)
+        sep = diagnostics.separability(mean_error, lrs, wds, worst)
         panels[label] = {
             "label": label,
             "learning_rates": lrs,
             "weight_decays": wds,
-            "metric": mean_loss,
+            "metric": mean_error,
             "error": mean_error,
             "separability": sep,
         }
         best = np.unravel_index(
-            np.argmin(np.where(np.isfinite(mean_loss), mean_loss, np.inf)), mean_loss.shape
+            np.argmin(np.where(np.isfinite(mean_error), mean_error, np.inf)), mean_error.shape
         )
         results[label] = {
             "chain": str(
@@ -406,6 +407,7 @@ def sweep(
             "best": {
                 "learning_rate": lrs[best[0]],
                 "weight_decay": wds[best[1]],
+                "test_error": mean_error[best],
                 "test_loss": mean_loss[best],
             },
             "separability": sep._asdict(),
@@ -413,7 +415,7 @@ def sweep(
             "vmapped_first_chunk_seconds": run.compile_seconds,
             "runs": cells,
         }
-        per_seed = np.moveaxis(loss, -1, 0)  # [seed, lr, wd]
+        per_seed = np.moveaxis(error, -1, 0)  # [seed, lr, wd]
         if len(seeds) >= 2:
             results[label]["separability_ci95"] = {
                 name: statistics.bootstrap(
@@ -424,7 +426,7 @@ def sweep(
                 ).as_dict()
                 for name in ("slope", "interaction")
             }
-        results[label]["per_seed_loss"] = per_seed
+        results[label]["per_seed_error"] = per_seed
         if training.final_seeds:
             bar.set_description(f"sweep: {label} at its tuned cell, on the test split")
             if test_dataset is None:  # loaded once, after the first grid has been tuned
@@ -444,7 +446,7 @@ def sweep(
     paired = {label for pair in experiment.pairs for label in pair}
     rows += [[panels[label]] for label in panels if label not in paired]
     split = "validation" if experiment.data.get("evaluation_split") == "validation" else "test"
-    plots.heatmaps(path / "heatmaps.png", rows, f"{split} loss", worst)
+    plots.heatmaps(path / "heatmaps.png", rows, f"{split} error", worst)
     wall = time.perf_counter() - start
     speed = _speedup(timing)
     metrics = {
@@ -452,16 +454,18 @@ def sweep(
         "experiment": _describe(experiment),
         "environment": environment(),
         "wall_seconds": wall,
-        "metric": "final test loss, mean over seeds",
+        "metric": f"final {split} error, mean over seeds",
         "optimizers": results,
         "timing": {"per_optimizer": timing, **speed},
     }
     claims = _claims(results, worst)
     metrics["claims"] = claims
     _write_json(path / "metrics.json", metrics)
-    table = _sweep_table(results)
+    table = _sweep_table(results, split)
     timing_text = _timing_text(speed)
-    (path / "summary.md").write_text(_sweep_summary(experiment, results, table, timing_text, wall, claims))
+    (path / "summary.md").write_text(
+        _sweep_summary(experiment, results, table, timing_text, wall, claims, split)
+    )
     echo(table)
     if timing_text:
         echo("\n" + timing_text)
@@ -518,27 +522,28 @@ def _verdict(interval: statistics.Interval, claim_holds_when_positive: bool = Tr
 def _claims(results: dict[str, Any], worst: float) -> list[dict[str, Any]]:
     """The paper's claims, each decided by a 95% interval that must exclude zero."""
     claims = []
-    for decoupled, coupled, name in (("adamw", "adam_l2", "Adam"), ("sgdw", "sgd_l2", "SGD")):
+    for decoupled, coupled in DECOUPLED_PAIRS:
         if decoupled not in results or coupled not in results:
             continue
         a, b = results[coupled], results[decoupled]
-        if a["per_seed_loss"].shape[0] == b["per_seed_loss"].shape[0] >= 2:
+        if a["per_seed_error"].shape[0] == b["per_seed_error"].shape[0] >= 2:
 
             def interaction_gap(index: np.ndarray, a: dict = a, b: dict = b) -> float:
                 sa = diagnostics.separability(
-                    a["per_seed_loss"][index].mean(0), a["learning_rates"], a["weight_decays"], worst
+                    a["per_seed_error"][index].mean(0), a["learning_rates"], a["weight_decays"], worst
                 )
                 sb = diagnostics.separability(
-                    b["per_seed_loss"][index].mean(0), b["learning_rates"], b["weight_decays"], worst
+                    b["per_seed_error"][index].mean(0), b["learning_rates"], b["weight_decays"], worst
                 )
                 return sa.interaction - sb.interaction
 
-            gap = statistics.bootstrap(interaction_gap, np.arange(a["per_seed_loss"].shape[0]))
+            gap = statistics.bootstrap(interaction_gap, np.arange(a["per_seed_error"].shape[0]))
             claims.append(
                 {
-                    "claim": f"decoupling makes {name}'s lr x wd surface more separable "
+                    "claim": f"{decoupled}'s lr x wd surface is more separable than {coupled}'s "
                     f"(interaction {coupled} - {decoupled} > 0)",
                     "statistic": gap.as_dict(),
+                    "unit": "share of variance",
                     "verdict": _verdict(gap),
                 }
             )
@@ -551,6 +556,7 @@ def _claims(results: dict[str, Any], worst: float) -> list[dict[str, Any]]:
                     "claim": f"at tuned hyperparameters {decoupled} reaches a higher test accuracy "
                     f"than {coupled} ({decoupled} - {coupled} > 0)",
                     "statistic": difference.as_dict(),
+                    "unit": "accuracy (x100: points)",
                     "verdict": _verdict(difference),
                 }
             )
@@ -625,30 +631,39 @@ def _timing_text(speed: dict[str, Any]) -> str:
     )
 
 
-def _sweep_table(results: dict[str, Any]) -> str:
+def _bracket(interval: dict[str, Any] | None, digits: int) -> str:
+    """`` [low, high]`` of a bootstrap interval, or nothing where there is none."""
+    if interval is None or not all(np.isfinite(interval["ci95"])):
+        return ""
+    low, high = interval["ci95"]
+    return f" [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def _sweep_table(results: dict[str, Any], split: str) -> str:
     rows = []
     for label, r in results.items():
         sep = r["separability"]
         best = r["best"]
+        ci = r.get("separability_ci95", {})
         rows.append(
             [
                 label,
                 f"{best['learning_rate']:.1e}",
                 f"{best['weight_decay']:.1e}",
-                f"{best['test_loss']:.4f}",
-                f"{sep['slope']:+.2f} ({int(np.sum(sep['rows_used']))} lrs)",
+                f"{100 * best['test_error']:.2f} %",
+                f"{sep['slope']:+.2f}{_bracket(ci.get('slope'), 2)} ({int(np.sum(sep['rows_used']))} lrs)",
                 f"{sep['spread_decades']:.1f}",
-                f"{sep['interaction']:.3f}",
+                f"{sep['interaction']:.3f}{_bracket(ci.get('interaction'), 3)}",
             ]
         )
     header = [
         "optimizer",
         "best lr",
         "best wd",
-        "test loss",
-        "best-wd slope",
+        f"{split} error",
+        "best-wd slope [95% CI]",
         "spread (decades)",
-        "interaction",
+        "interaction [95% CI]",
     ]
     return _markdown_table(header, rows)
 
@@ -659,7 +674,8 @@ def _sweep_summary(
     table: str,
     timing: str,
     wall: float,
-    claims: list[dict[str, Any]] = (),
+    claims: list[dict[str, Any]],
+    split: str,
 ) -> str:
     t = experiment.training
     lines = [
@@ -669,13 +685,14 @@ def _sweep_summary(
         f"{t.steps} steps of batch {t.batch_size} per run, {t.seeds} seed(s) per cell (every cell sees the",
         f"same initialisation and batches). Wall time {wall:.1f} s.",
         "",
-        "Metric: final test loss, mean over seeds. For each learning rate the weight decay with the",
-        "lowest loss is its *best wd*. *best-wd slope* is the least-squares slope of log10(best wd)",
-        "against log10(lr) over the learning rates whose best loss is within 2x of the grid's best:",
-        "about -1 is the diagonal of coupled hyperparameters, about 0 a best weight decay that does",
-        "not move. *spread* is the range of those best weight decays in decades. *interaction* is the",
-        "share of the variance of the test loss (diverged runs clipped to the loss of a uniform guess)",
-        "that an additive model a(lr) + b(wd) leaves unexplained (0: perfectly separable).",
+        f"Metric: final {split} error, mean over seeds; the tuned cell of each optimizer is its lowest.",
+        "For each learning rate the weight decay with the lowest error is its *best wd*. *best-wd",
+        "slope* is the least-squares slope of log10(best wd) against log10(lr) over the learning rates",
+        "whose best error is within 2x of the grid's best: about -1 is the diagonal of coupled",
+        "hyperparameters, about 0 a best weight decay that does not move. *spread* is the range of",
+        "those best weight decays in decades. *interaction* is the share of the variance of the error",
+        "(diverged runs count as a uniform guess) that an additive model a(lr) + b(wd) leaves",
+        "unexplained (0: perfectly separable). Intervals: percentile bootstrap over the seeds.",
         "",
         table,
         "",
@@ -708,14 +725,12 @@ def _sweep_summary(
         lines += [_markdown_table(header, rows), ""]
     if claims:
         lines += ["## Verdicts", "", "Each decided by a 95% interval over seeds that must exclude 0.", ""]
-        rows = [
-            [
-                c["claim"],
-                f"{c['statistic']['mean']:+.4f}",
-                f"[{c['statistic']['ci95'][0]:+.4f}, {c['statistic']['ci95'][1]:+.4f}]",
-                c["verdict"],
-            ]
-            for c in claims
-        ]
+        rows = []
+        for c in claims:
+            scale, unit = (100.0, " points") if c["unit"].startswith("accuracy") else (1.0, "")
+            mean, (low, high) = scale * c["statistic"]["mean"], c["statistic"]["ci95"]
+            rows.append(
+                [c["claim"], f"{mean:+.3f}{unit}", f"[{scale * low:+.3f}, {scale * high:+.3f}]", c["verdict"]]
+            )
         lines += [_markdown_table(["claim", "estimate", "95% CI", "verdict"], rows), ""]
     return "\n".join(lines)

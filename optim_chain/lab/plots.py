@@ -145,7 +145,8 @@ def heatmaps(
             error = np.asarray(panel["error"], np.float64)
             for i in range(len(lrs)):
                 for j in range(len(wds)):
-                    text = f"{100 * error[i, j]:.0f}" if np.isfinite(error[i, j]) else "nan"
+                    percent = 100 * error[i, j]
+                    text = "nan" if not np.isfinite(percent) else f"{percent:.{1 if percent < 10 else 0}f}"
                     dark = norm(shown[i, j]) > 0.6
                     ax.text(
                         i, j, text, ha="center", va="center", fontsize=8, color="white" if dark else "black"
@@ -185,7 +186,7 @@ def heatmaps(
             )
             fig.colorbar(image, ax=ax, label=metric_name, shrink=0.85)
     fig.suptitle(
-        f"final {metric_name} (colour) and error % (numbers), mean over seeds\n"
+        f"final {metric_name}, mean over seeds: colour, and in percent, numbers\n"
         "white dots: best weight decay of each learning rate; grey: learning rates left out of the fit"
     )
     fig.savefig(path, dpi=100)
