@@ -131,6 +131,8 @@ def check(experiment: Experiment) -> None:
         point = None
         if grid is not None:
             point = {"learning_rate": grid.learning_rate[0], "weight_decay": grid.weight_decay[0]}
+        elif experiment.kind == "timescale":
+            point = {"weight_decay": 0.0}  # each run's decay comes from its timescale
         optimizer(spec, point)
         if training.schedule != "constant":
             scheduled_optimizer(spec, training.schedule, training.steps, point)

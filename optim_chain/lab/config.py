@@ -432,11 +432,28 @@ class Grid:
 
 
 @dataclasses.dataclass(frozen=True)
-class Experiment:
-    """A ``compare`` or ``sweep`` configuration, its keys, types and choices checked.
+class Study:
+    """The grid of a ``timescale`` experiment (Wang & Aitchison's claim).
 
     Attributes:
-      kind: ``"compare"`` or ``"sweep"``.
+      train_sizes: the training-set sizes, each the first that many training examples.
+      epochs: epochs per run, the same at every size (so runs on more data take more steps).
+      timescales: the AdamW timescales ``tau_epoch = 1 / (eta * lambda * iterations per epoch)``
+        to train at, each turned into a weight decay by
+        :func:`optim_chain.weight_decay_from_timescale`.
+    """
+
+    train_sizes: tuple[int, ...]
+    epochs: int
+    timescales: tuple[float, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A ``compare``, ``sweep`` or ``timescale`` configuration, its keys, types and choices checked.
+
+    Attributes:
+      kind: ``"compare"``, ``"sweep"`` or ``"timescale"``.
       name: the run's name; results go to ``runs/<name>/``.
       data: the data set's name and keyword arguments (see :mod:`optim_chain.lab.data`).
       model: the model's name and keyword arguments.
@@ -446,6 +463,7 @@ class Experiment:
       pairs: (sweep) the heatmaps drawn side by side, as pairs of labels.
       baseline_runs: (sweep) runs per optimizer timed one at a time, for the speed-up.
       source: the file the experiment was read from (``"<built-in>"`` for the defaults).
+      study: (timescale) the sizes, epochs and timescales, see :class:`Study`.
     """
 
     kind: str
@@ -458,6 +476,7 @@ class Experiment:
     pairs: tuple[tuple[str, str], ...] = ()
     baseline_runs: int = 0
     source: str = "<built-in>"
+    study: Study | None = None
 
 
 _MLP_ARGUMENTS = {"hidden": [128], "layer_norm": True}
@@ -534,8 +553,25 @@ DEFAULT_SWEEP: dict[str, Any] = {
     "baseline": {"runs": 0},
 }
 
+#: The default ``timescale`` experiment (``configs/mnist1d_timescale.yaml`` spells out the same):
+#: AdamW in torch's form at the tuned learning rate of the default sweep, on 1,000, 2,000 and
+#: 4,000 MNIST-1D training examples (6,250 generated: 4,000 train, 1,000 validation, 1,250 test).
+DEFAULT_TIMESCALE: dict[str, Any] = {
+    "name": "mnist1d_timescale",
+    "data": {"name": "mnist1d", "seed": 42, "num_samples": 6250, "evaluation_split": "validation"},
+    "model": {"name": "cnn", "channels": 25},
+    "training": {"batch_size": 100, "seeds": 8, "schedule": "cosine"},
+    "optimizers": {"adamw": {"preset": "adamw", "learning_rate": 3.0e-2, "mask": "default"}},
+    "study": {"train_sizes": [1000, 2000, 4000], "epochs": 60, "timescales": [0.5, 1, 2, 4, 8, 16, 32, 64]},
+}
+
 _COMMON_KEYS = ("name", "data", "model", "training", "optimizers")
-_SWEEP_KEYS = (*_COMMON_KEYS, "pairs", "baseline")
+_KEYS = {
+    "compare": _COMMON_KEYS,
+    "sweep": (*_COMMON_KEYS, "pairs", "baseline"),
+    "timescale": (*_COMMON_KEYS, "study"),
+}
+_DEFAULTS = {"compare": DEFAULT_COMPARE, "sweep": DEFAULT_SWEEP, "timescale": DEFAULT_TIMESCALE}
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], where: Where) -> dict[str, Any]:
@@ -562,7 +598,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], where: Where)
 
 
 def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str] = ()) -> Experiment:
-    """Reads and checks a ``compare`` or ``sweep`` experiment.
+    """Reads and checks a ``compare``, ``sweep`` or ``timescale`` experiment.
 
     Keys (all optional; a section left out is the default experiment's, :data:`DEFAULT_COMPARE`
     or :data:`DEFAULT_SWEEP`; a key left out of a section given is that section's own default):
@@ -581,10 +617,13 @@ def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str]
       ``{min, max, num}`` (log-spaced).
     * ``pairs`` (sweep): the heatmaps to draw side by side, e.g. ``[[adam_l2, adamw]]``.
     * ``baseline`` (sweep): ``{runs: 2}``, runs per optimizer timed one at a time.
+    * ``study`` (timescale): ``{train_sizes: [...], epochs: N, timescales: [...]}`` (see
+      :class:`Study`); each optimizer is a preset with a number ``learning_rate`` and no
+      ``weight_decay``, which each timescale sets.
 
     Args:
       path: the YAML file, or ``None`` for the built-in default of ``kind``.
-      kind: ``"compare"`` or ``"sweep"``.
+      kind: ``"compare"``, ``"sweep"`` or ``"timescale"``.
       overrides: ``key.path=value`` strings applied before validation.
 
     Raises:
@@ -592,15 +631,15 @@ def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str]
         values an optimizer's constructor checks are checked by
         :func:`optim_chain.lab.build.check`.
     """
-    if kind not in ("compare", "sweep"):
-        raise ValueError(f"kind must be 'compare' or 'sweep', got {kind!r}")
-    default = DEFAULT_COMPARE if kind == "compare" else DEFAULT_SWEEP
+    if kind not in _DEFAULTS:
+        raise ValueError(f"kind must be one of {', '.join(_DEFAULTS)}, got {kind!r}")
+    default = _DEFAULTS[kind]
     if path is None:
         raw, where = copy.deepcopy(default), Where("<built-in>")
     else:
         raw, where = read_yaml(path), Where(str(path))
     raw = apply_overrides(raw, overrides, where)
-    _check_keys(raw, _SWEEP_KEYS if kind == "sweep" else _COMMON_KEYS, where)
+    _check_keys(raw, _KEYS[kind], where)
     name = raw.get("name", default["name"])
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise where.child("name").error(f"must be a plain file name (letters, digits, _ . -), got {name!r}")
@@ -628,10 +667,21 @@ def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str]
         if kind == "sweep":
             grids[label] = _grid(spec.pop("grid", None), here.child("grid"))
             optimizers[label] = parse_optimizer(spec, here, ("learning_rate", "weight_decay"))
+        elif kind == "timescale":
+            if not isinstance(numbers_in_text(spec.get("learning_rate")), (int, float)):
+                raise here.child("learning_rate").error(
+                    "must be a number: each timescale becomes a weight decay at this learning rate"
+                )
+            optimizers[label] = parse_optimizer(spec, here, ("weight_decay",))
         else:
             optimizers[label] = parse_optimizer(spec, here)
     if kind == "compare":
         return Experiment(kind, name, dataset, model, training, optimizers, source=where.file)
+    if kind == "timescale":
+        if "train_size" in dataset:
+            raise where.child("data").child("train_size").error("is set by study.train_sizes; leave it out")
+        study = _study(raw.get("study", default["study"]), where.child("study"))
+        return Experiment(kind, name, dataset, model, training, optimizers, source=where.file, study=study)
     pairs = _pairs(raw.get("pairs", []), list(optimizers), where.child("pairs"))
     baseline = _mapping(raw.get("baseline", default["baseline"]), where.child("baseline"))
     _check_keys(baseline, ["runs"], where.child("baseline"))
@@ -749,6 +799,25 @@ def _grid(raw: Any, where: Where) -> Grid:
         _axis(raw["learning_rate"], where.child("learning_rate")),
         _axis(raw["weight_decay"], where.child("weight_decay")),
     )
+
+
+def _study(raw: Any, where: Where) -> Study:
+    raw = _mapping(raw, where)
+    fields = ("train_sizes", "epochs", "timescales")
+    _check_keys(raw, fields, where)
+    for key in fields:
+        if key not in raw:
+            raise where.error(f"needs {', '.join(fields)}; {key} is missing")
+    sizes = raw["train_sizes"]
+    if not isinstance(sizes, list) or len(sizes) < 2:
+        raise where.child("train_sizes").error(f"must list two or more sizes, got {sizes!r}")
+    sizes = tuple(_integer(v, where.child("train_sizes").child(i), 1) for i, v in enumerate(sizes))
+    timescales = _axis(raw["timescales"], where.child("timescales"))
+    if len(timescales) < 3 or min(timescales) <= 0 or list(timescales) != sorted(set(timescales)):
+        raise where.child("timescales").error(
+            f"must be three or more increasing numbers > 0, got {list(timescales)!r}"
+        )
+    return Study(sizes, _integer(raw["epochs"], where.child("epochs"), 1), timescales)
 
 
 def _pairs(raw: Any, labels: list[str], where: Where) -> tuple[tuple[str, str], ...]:

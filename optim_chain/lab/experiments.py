@@ -12,58 +12,16 @@
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import platform
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
-from optim_chain.lab import build, diagnostics, plots, statistics
+from optim_chain.lab import build, diagnostics, plots, reports, statistics
 from optim_chain.lab.config import Experiment, OptimizerSpec
 from optim_chain.lab.training import Trainer, unstack
-
-
-def _progress(total: int, enabled: bool, desc: str) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, disable=not enabled, desc=desc, unit="step", file=sys.stderr, leave=False)
-
-
-def environment() -> dict[str, Any]:
-    """Versions, device and machine load, recorded with every run."""
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return {
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "cpu_count": os.cpu_count(),
-        "load_average": [round(x, 2) for x in load],
-        "platform": platform.platform(),
-    }
-
-
-def _describe(experiment: Experiment) -> dict[str, Any]:
-    described: dict[str, Any] = {
-        "source": experiment.source,
-        "name": experiment.name,
-        "data": experiment.data,
-        "model": {k: list(v) if isinstance(v, tuple) else v for k, v in experiment.model.items()},
-        "training": vars(experiment.training),
-        "optimizers": {label: spec.spec for label, spec in experiment.optimizers.items()},
-    }
-    if experiment.kind == "sweep":
-        described["grids"] = {label: vars(grid) for label, grid in experiment.grids.items()}
-        described["pairs"] = [list(p) for p in experiment.pairs]
-        described["baseline_runs"] = experiment.baseline_runs
-    return described
 
 
 def _mean_std(values: np.ndarray, scale: float = 1.0, digits: int = 3) -> str:
@@ -71,44 +29,12 @@ def _mean_std(values: np.ndarray, scale: float = 1.0, digits: int = 3) -> str:
     return f"{values.mean():.{digits}f} ± {values.std():.{digits}f}"
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
-def _output_dir(out_dir: str | Path, name: str) -> Path:
-    """A new, empty folder for the run: ``<out_dir>/<name>``, or ``<name>-2``, ``-3``, ... when
-    that one already holds an earlier run (a result is never overwritten)."""
-    base = Path(out_dir)
-    path, number = base / name, 1
-    while path.exists() and (not path.is_dir() or any(path.iterdir())):
-        number += 1
-        path = base / f"{name}-{number}"
-    path.mkdir(parents=True, exist_ok=True)
-    if number > 1:
-        print(f"{base / name} holds an earlier run; writing to {path}", file=sys.stderr)
-    return path
 
 
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_ready(value.tolist())
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.write_text(json.dumps(_json_ready(payload), indent=1) + "\n")
 
 
 # ----------------------------------------------------------------------------------- compare
@@ -134,7 +60,7 @@ def compare(
     model = build.model(experiment, dataset)
     training = experiment.training
     seeds = training.first_seed + np.arange(training.seeds)
-    bar = _progress(training.steps * len(experiment.optimizers), progress, "compare")
+    bar = reports.progress_bar(training.steps * len(experiment.optimizers), progress, "compare")
     results: dict[str, Any] = {}
     curves: dict[str, dict[str, np.ndarray]] = {}
     coupled: dict[str, np.ndarray] = {}
@@ -179,7 +105,7 @@ def compare(
             "curves": curves[label],
         }
     bar.close()
-    path = _output_dir(out_dir, experiment.name)
+    path = reports.output_dir(out_dir, experiment.name)
     plots.training_curves(path / "curves.png", curves)
     if coupled or single:
         plots.effective_decay(path / "effective_decay.png", coupled, single)
@@ -188,15 +114,15 @@ def compare(
     table = _compare_table(results, summary, differences)
     metrics = {
         "kind": "compare",
-        "experiment": _describe(experiment),
-        "environment": environment(),
+        "experiment": reports.describe(experiment),
+        "environment": reports.environment(),
         "wall_seconds": wall,
         "seeds": seeds,
         "summary": summary,
         "paired_differences": differences,
         "optimizers": results,
     }
-    _write_json(path / "metrics.json", metrics)
+    reports.write_json(path / "metrics.json", metrics)
     (path / "summary.md").write_text(_compare_summary(experiment, results, table, wall, path))
     echo(table)
     echo(
@@ -265,7 +191,7 @@ def _compare_table(results: dict[str, Any], summary: dict[str, Any], differences
             ]
         )
     header = ["optimizer", "test accuracy", "test loss", "weight norm", "decayed params", "accuracy 95% CI"]
-    lines = [_markdown_table(header, rows)]
+    lines = [reports.markdown_table(header, rows)]
     for name, d in differences.items():
         interval = d["test_accuracy"]
         verdict = "excludes 0" if interval["ci95"][0] > 0 or interval["ci95"][1] < 0 else "includes 0"
@@ -285,9 +211,6 @@ def _chain_listing(title: str, results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _title(kind: str, name: str) -> str:
-    """The summary's heading: the command, and the run's name where it says more."""
-    return f"# optim-chain {kind}" if name == kind else f"# optim-chain {kind}: {name}"
 
 
 def _compare_summary(
@@ -295,7 +218,7 @@ def _compare_summary(
 ) -> str:
     t = experiment.training
     lines = [
-        _title("compare", experiment.name),
+        reports.title("compare", experiment.name),
         "",
         f"Config: `{experiment.source}`. Data: {experiment.data}. Model: {experiment.model}.",
         f"{t.steps} steps of batch {t.batch_size}, seeds {t.first_seed}..{t.first_seed + t.seeds - 1} "
@@ -356,7 +279,7 @@ def sweep(
     worst = 1.0 - 1.0 / dataset.num_classes  # the error of a uniform guess
     seeds = training.first_seed + np.arange(training.seeds)
     phases = 2 if training.final_seeds else 1  # the grid, then the tuned cell on the test split
-    bar = _progress(phases * training.steps * len(experiment.optimizers), progress, "sweep")
+    bar = reports.progress_bar(phases * training.steps * len(experiment.optimizers), progress, "sweep")
     results: dict[str, Any] = {}
     panels: dict[str, dict[str, Any]] = {}
     timing: dict[str, Any] = {}
@@ -441,7 +364,7 @@ def sweep(
                 _sequential_timing(trainer, hyperparams, seed_flat, experiment.baseline_runs, training.steps)
             )
     bar.close()
-    path = _output_dir(out_dir, experiment.name)
+    path = reports.output_dir(out_dir, experiment.name)
     rows = [[panels[a], panels[b]] for a, b in experiment.pairs]
     paired = {label for pair in experiment.pairs for label in pair}
     rows += [[panels[label]] for label in panels if label not in paired]
@@ -451,8 +374,8 @@ def sweep(
     speed = _speedup(timing)
     metrics = {
         "kind": "sweep",
-        "experiment": _describe(experiment),
-        "environment": environment(),
+        "experiment": reports.describe(experiment),
+        "environment": reports.environment(),
         "wall_seconds": wall,
         "metric": f"final {split} error, mean over seeds",
         "optimizers": results,
@@ -460,7 +383,7 @@ def sweep(
     }
     claims = _claims(results, worst)
     metrics["claims"] = claims
-    _write_json(path / "metrics.json", metrics)
+    reports.write_json(path / "metrics.json", metrics)
     table = _sweep_table(results, split)
     timing_text = _timing_text(speed)
     (path / "summary.md").write_text(
@@ -665,7 +588,7 @@ def _sweep_table(results: dict[str, Any], split: str) -> str:
         "spread (decades)",
         "interaction [95% CI]",
     ]
-    return _markdown_table(header, rows)
+    return reports.markdown_table(header, rows)
 
 
 def _sweep_summary(
@@ -679,7 +602,7 @@ def _sweep_summary(
 ) -> str:
     t = experiment.training
     lines = [
-        _title("sweep", experiment.name),
+        reports.title("sweep", experiment.name),
         "",
         f"Config: `{experiment.source}`. Data: {experiment.data}. Model: {experiment.model}.",
         f"{t.steps} steps of batch {t.batch_size} per run, {t.seeds} seed(s) per cell (every cell sees the",
@@ -722,7 +645,7 @@ def _sweep_summary(
             for label, f in finals.items()
         ]
         header = ["optimizer", "lr", "wd", "test accuracy", "95% CI", "seeds"]
-        lines += [_markdown_table(header, rows), ""]
+        lines += [reports.markdown_table(header, rows), ""]
     if claims:
         lines += ["## Verdicts", "", "Each decided by a 95% interval over seeds that must exclude 0.", ""]
         rows = []
@@ -732,5 +655,5 @@ def _sweep_summary(
             rows.append(
                 [c["claim"], f"{mean:+.3f}{unit}", f"[{scale * low:+.3f}, {scale * high:+.3f}]", c["verdict"]]
             )
-        lines += [_markdown_table(["claim", "estimate", "95% CI", "verdict"], rows), ""]
+        lines += [reports.markdown_table(["claim", "estimate", "95% CI", "verdict"], rows), ""]
     return "\n".join(lines)

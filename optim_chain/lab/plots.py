@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
 
 from optim_chain.lab.diagnostics import Separability
 
@@ -189,4 +190,46 @@ def heatmaps(
         f"final {metric_name}, mean over seeds: colour, and in percent, numbers\n"
         "white dots: best weight decay of each learning rate; grey: learning rates left out of the fit"
     )
+    fig.savefig(path, dpi=100)
+
+
+def timescale_curves(
+    path: Path, results: Mapping[str, Mapping[str, Any]], train_sizes: Sequence[int], timescales: np.ndarray
+) -> None:
+    """Validation error against the AdamW timescale in epochs, one curve per training-set size.
+
+    Each curve is the mean over seeds with its 95% interval as a band; a dashed vertical line
+    marks each size's best timescale (between grid points), so that lines that stay together say
+    the best ``tau_epoch`` does not move with the amount of data.
+
+    Args:
+      path: the PNG to write.
+      results: label -> ``{"error_ci95": [[{"mean", "ci95"}] per timescale] per size,
+        "best_tau_epoch": [...] per size, "slope": {"mean", "ci95"}, "verdict": str}``.
+      train_sizes: the sizes, in the order of the results' lists.
+      timescales: the ``tau_epoch`` grid.
+    """
+    fig = Figure(figsize=(6.2 * len(results), 4.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(results), squeeze=False)[0])
+    for ax, (label, result) in zip(axes, results.items()):
+        for k, n in enumerate(train_sizes):
+            color, marker = COLORS[k % len(COLORS)], MARKERS[k % len(MARKERS)]
+            cells = result["error_ci95"][k]
+            mean = 100 * np.array([c["mean"] for c in cells])
+            low = 100 * np.array([c["ci95"][0] for c in cells])
+            high = 100 * np.array([c["ci95"][1] for c in cells])
+            ax.plot(timescales, mean, marker=marker, color=color, label=f"{n:,} training examples")
+            ax.fill_between(timescales, low, high, color=color, alpha=0.15, linewidth=0)
+            ax.axvline(result["best_tau_epoch"][k], color=color, linestyle="--", linewidth=1)
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.set_xlabel("timescale tau_epoch = 1 / (eta * lambda * iterations per epoch)")
+        ax.set_ylabel("validation error (%)")
+        slope = result["slope"]
+        ax.set_title(
+            f"{label}: slope of log2(best tau) vs log2(size) {slope['mean']:+.2f} "
+            f"[{slope['ci95'][0]:+.2f}, {slope['ci95'][1]:+.2f}]: {result['verdict']}",
+            fontsize=9,
+        )
+        ax.legend(fontsize=8, title="mean over seeds, 95% band;\ndashed: best timescale", title_fontsize=8)
     fig.savefig(path, dpi=100)
