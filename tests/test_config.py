@@ -78,7 +78,7 @@ def test_adamw_file_predicate_matches_the_default_mask():
 def test_experiment_files_load_build_and_step(path):
     """Every experiment file validates and builds, and each optimizer takes a step on its model."""
     raw = config.read_yaml(path)
-    kind = "sweep" if "pairs" in raw else "compare"
+    kind = "sweep" if "pairs" in raw else "timescale" if "study" in raw else "compare"
     experiment = config.load_experiment(path, kind)
     build.check(experiment)
     assert experiment.optimizers
@@ -95,6 +95,9 @@ def test_experiment_files_load_build_and_step(path):
             grid = experiment.grids[label]
             assert len(grid.learning_rate) >= 2 and len(grid.weight_decay) >= 1
             point = {"learning_rate": grid.learning_rate[-1], "weight_decay": grid.weight_decay[-1]}
+            transforms.append(build.scheduled_optimizer(spec, experiment.training.schedule, 10, point))
+        elif kind == "timescale":
+            point = {"weight_decay": 0.1}
             transforms.append(build.scheduled_optimizer(spec, experiment.training.schedule, 10, point))
         else:
             transforms.append(build.scheduled_optimizer(spec, experiment.training.schedule, 10))

@@ -523,7 +523,7 @@ DEFAULT_SWEEP: dict[str, Any] = {
     "data": {"name": "mnist1d", "seed": 42, "evaluation_split": "validation"},
     "model": {"name": "cnn", "channels": 25},
     "training": {
-        "steps": 3000, "batch_size": 100, "eval_every": 3000, "seeds": 5, "schedule": "cosine",
+        "steps": 3000, "batch_size": 100, "eval_every": 300, "seeds": 5, "schedule": "cosine",
         "final_seeds": 20,
     },
     "optimizers": {
@@ -560,7 +560,7 @@ DEFAULT_TIMESCALE: dict[str, Any] = {
     "name": "mnist1d_timescale",
     "data": {"name": "mnist1d", "seed": 42, "num_samples": 6250, "evaluation_split": "validation"},
     "model": {"name": "cnn", "channels": 25},
-    "training": {"batch_size": 100, "seeds": 8, "schedule": "cosine"},
+    "training": {"batch_size": 100, "eval_every": 200, "seeds": 8, "schedule": "cosine"},
     "optimizers": {"adamw": {"preset": "adamw", "learning_rate": 3.0e-2, "mask": "default"}},
     "study": {"train_sizes": [1000, 2000, 4000], "epochs": 60, "timescales": [0.5, 1, 2, 4, 8, 16, 32, 64]},
 }

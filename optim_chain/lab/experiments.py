@@ -278,8 +278,11 @@ def sweep(
     training = experiment.training
     worst = 1.0 - 1.0 / dataset.num_classes  # the error of a uniform guess
     seeds = training.first_seed + np.arange(training.seeds)
-    phases = 2 if training.final_seeds else 1  # the grid, then the tuned cell on the test split
-    bar = reports.progress_bar(phases * training.steps * len(experiment.optimizers), progress, "sweep")
+    runs = sum(
+        len(g.learning_rate) * len(g.weight_decay) * len(seeds) + training.final_seeds
+        for g in experiment.grids.values()
+    )  # every grid, then each tuned cell on the test split: the bar counts steps of single runs
+    bar = reports.progress_bar(runs * training.steps, progress, "sweep")
     results: dict[str, Any] = {}
     panels: dict[str, dict[str, Any]] = {}
     timing: dict[str, Any] = {}
@@ -297,7 +300,9 @@ def sweep(
         trainer = Trainer(
             model, dataset, _from_grid(spec, training), training.batch_size, training.eval_every
         )
-        run = trainer.run(hyperparams, seed_flat, training.steps, progress=bar.update)
+        run = trainer.run(
+            hyperparams, seed_flat, training.steps, progress=lambda n, cells=cells: bar.update(n * cells)
+        )
         shape = (len(lrs), len(wds), len(seeds))
         loss = run.test_loss[:, -1].reshape(shape)
         error = 1.0 - run.test_accuracy[:, -1].reshape(shape)
@@ -355,7 +360,13 @@ def sweep(
             if test_dataset is None:  # loaded once, after the first grid has been tuned
                 test_dataset = build.load_test_data(experiment)
             results[label]["final"] = _final_test(
-                experiment, model, test_dataset, spec, float(lrs[best[0]]), float(wds[best[1]]), bar.update
+                experiment,
+                model,
+                test_dataset,
+                spec,
+                float(lrs[best[0]]),
+                float(wds[best[1]]),
+                lambda n: bar.update(n * training.final_seeds),
             )
         timing[label] = {"vmapped_seconds": run.seconds, "runs": cells}
         if experiment.baseline_runs:
@@ -418,7 +429,7 @@ def _final_test(
     """
     training = experiment.training
     seeds = training.first_seed + FINAL_SEED_OFFSET + np.arange(training.final_seeds)
-    trainer = Trainer(model, dataset, _from_grid(spec, training), training.batch_size, training.steps)
+    trainer = Trainer(model, dataset, _from_grid(spec, training), training.batch_size, training.eval_every)
     hyperparams = {
         "learning_rate": np.full(len(seeds), lr, np.float32),
         "weight_decay": np.full(len(seeds), wd, np.float32),

@@ -161,7 +161,8 @@ def timescale(
     sizes, taus = np.asarray(study.train_sizes), np.asarray(study.timescales, np.float64)
     seeds = training.first_seed + np.arange(training.seeds)
     steps = {int(n): max(1, study.epochs * int(n) // training.batch_size) for n in sizes}
-    total = sum(steps.values()) * len(experiment.optimizers)
+    runs = len(taus) * len(seeds)
+    total = sum(steps.values()) * runs * len(experiment.optimizers)  # steps of single runs
     bar = reports.progress_bar(total, progress, "timescale")
     results: dict[str, Any] = {}
     for label, spec in experiment.optimizers.items():
@@ -169,15 +170,16 @@ def timescale(
         decays = []
         for k, n in enumerate(sizes):
             n = int(n)
-            bar.set_description(f"timescale: {label}, {n} examples ({len(taus) * len(seeds)} runs at once)")
+            bar.set_description(f"timescale: {label}, {n} examples ({runs} runs at once)")
             dataset = full._replace(x_train=full.x_train[:n], y_train=full.y_train[:n])
             wd = weight_decays(spec, taus, n / training.batch_size)
             decays.append(wd)
             run_training = dataclasses.replace(training, steps=steps[n])
-            trainer = Trainer(model, dataset, _builder(spec, run_training), training.batch_size, steps[n])
+            optimizer = _builder(spec, run_training)
+            trainer = Trainer(model, dataset, optimizer, training.batch_size, training.eval_every)
             wd_flat, seed_flat = (a.ravel() for a in np.meshgrid(wd, seeds, indexing="ij"))
             hyperparams = {"weight_decay": wd_flat.astype(np.float32)}
-            run = trainer.run(hyperparams, seed_flat, steps[n], progress=bar.update)
+            run = trainer.run(hyperparams, seed_flat, steps[n], progress=lambda done: bar.update(done * runs))
             error[:, k, :] = (1.0 - run.test_accuracy[:, -1]).reshape(len(taus), len(seeds)).T
         analysis = analyse(error, sizes, taus)
         analysis["best_weight_decay"] = [
