@@ -500,12 +500,15 @@ DEFAULT_COMPARE: dict[str, Any] = {
             "preset": "adamw", "learning_rate": 3.0e-2, "weight_decay": 1.0e-4, "mask": "default",
             "decay_scaling": "schedule",
         },
+        "adamw_torch": {
+            "preset": "adamw", "learning_rate": 3.0e-2, "weight_decay": 1.0e-2, "mask": "default",
+        },
         "sgd_l2": {
             "preset": "sgd_l2", "learning_rate": 3.0e-1, "weight_decay": 1.0e-3, "momentum": 0.9,
             "mask": "default",
         },
         "sgdw": {
-            "preset": "sgdw", "learning_rate": 1.0e-1, "weight_decay": 1.0e-5, "momentum": 0.9,
+            "preset": "sgdw", "learning_rate": 3.0e-1, "weight_decay": 1.0e-2, "momentum": 0.9,
             "mask": "default", "decay_scaling": "schedule",
         },
     },
