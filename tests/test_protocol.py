@@ -93,6 +93,8 @@ def test_compare_reports_intervals_and_paired_differences(tmp_path):
         low, high = accuracy["ci95"]
         assert low <= accuracy["mean"] <= high
     assert set(metrics["paired_differences"]) == {"adamw - adam_l2"}
+    # under a cosine the decay is read at the peak (step 0), where the paper's form removes lambda
+    assert metrics["optimizers"]["adamw"]["effective_decay"]["min"] == pytest.approx(1e-3)
 
 
 def test_cosine_schedule_wraps_each_learning_rate(tmp_path):

@@ -94,8 +94,10 @@ def _last_step(state: Any) -> int:
     return max(int(state.count) - 1, 0)
 
 
-def effective_decay(transform: Transform, opt_state: Any, params: Any) -> EffectiveDecay | None:
-    """The per-step decay that ``transform`` applied at its last step, read from its state.
+def effective_decay(
+    transform: Transform, opt_state: Any, params: Any, step: int | None = None
+) -> EffectiveDecay | None:
+    """The per-step decay that ``transform`` applies, read from its state.
 
     Works on flat chains such as the presets (``opt_state[i]`` is the state of ``parts[i]``).
     For L2 placed before an adaptive normalisation the decay of weight ``i`` is
@@ -107,20 +109,27 @@ def effective_decay(transform: Transform, opt_state: Any, params: Any) -> Effect
       transform: the optimizer (a chain with ``parts``).
       opt_state: its state after training (one run, no leading run axis).
       params: the parameters the state belongs to.
+      step: the step at which learning-rate and weight-decay schedules are read (``vhat`` is
+        always the state's); ``None``: the state's last step. Under a schedule that anneals to
+        zero the last step decays nothing, and the schedule's peak (step 0 for a cosine) is the
+        step that compares conventions.
     """
+    def at(state: Any) -> int:
+        return _last_step(state) if step is None else step
+
     parts = list(transform.parts or (transform,))
     names = [getattr(p, "name", "") for p in parts]
     found = decay_parts(transform)
     if not found:
         return None
     position, part = found[0]
-    weight_decay = _at_step(part.hyperparams["weight_decay"], _last_step(opt_state[position]))
+    weight_decay = _at_step(part.hyperparams["weight_decay"], at(opt_state[position]))
     flags = resolve_mask(part.hyperparams.get("mask"), params)
     if part.name == "decoupled_weight_decay":
-        eta = _at_step(part.hyperparams["multiplier"], _last_step(opt_state[position]))
+        eta = _at_step(part.hyperparams["multiplier"], at(opt_state[position]))
         return EffectiveDecay("decoupled", np.array([eta * weight_decay]))
     lr_index = names.index("scale_by_learning_rate")
-    lr = _at_step(parts[lr_index].hyperparams["learning_rate"], _last_step(opt_state[lr_index]))
+    lr = _at_step(parts[lr_index].hyperparams["learning_rate"], at(opt_state[lr_index]))
     moment_index = next((i for i, n in enumerate(names) if n in SECOND_MOMENT_TRANSFORMS), None)
     if moment_index is None or moment_index < position or "normalize_by_second_moment" not in names:
         return EffectiveDecay("uniform", np.array([lr * weight_decay]))

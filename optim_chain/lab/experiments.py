@@ -73,7 +73,8 @@ def compare(
         params0 = unstack(run.final.params, 0)
         decayed, total = diagnostics.decayed_parameters(transform, params0)
         norms = [diagnostics.weight_norm(unstack(run.final.params, i)) for i in range(len(seeds))]
-        decay = diagnostics.effective_decay(transform, unstack(run.final.opt_state, 0), params0)
+        peak = 0 if training.schedule == "cosine" else None  # a cosine decays nothing at its end
+        decay = diagnostics.effective_decay(transform, unstack(run.final.opt_state, 0), params0, peak)
         decay_summary = None
         if decay is not None:
             values = decay.values
@@ -108,7 +109,9 @@ def compare(
     path = reports.output_dir(out_dir, experiment.name)
     plots.training_curves(path / "curves.png", curves)
     if coupled or single:
-        plots.effective_decay(path / "effective_decay.png", coupled, single)
+        when = "peak learning rate, vhat at the end" if training.schedule == "cosine" else "end of training"
+        title = f"effective weight decay of each decayed weight ({when})"
+        plots.effective_decay(path / "effective_decay.png", coupled, single, title)
     wall = time.perf_counter() - start
     summary, differences = _intervals(results)
     table = _compare_table(results, summary, differences)
@@ -230,7 +233,7 @@ def _compare_summary(
         "",
         table,
         "",
-        "## Effective weight decay per step (seed 0, end of training)",
+        "## Effective weight decay per step (seed 0; schedules at their peak under a cosine)",
         "",
     ]
     for label, r in results.items():

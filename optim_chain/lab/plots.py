@@ -88,8 +88,10 @@ def effective_decay(
         for (label, values), color in zip(zip(coupled, finite), COLORS):
             ax.hist(values, bins=bins, color=color, alpha=0.75, label=f"{label}: one value per weight")
             ax.axvline(np.median(values), color=color, linestyle=":", linewidth=1)
-        for (label, value), color in zip(single.items(), COLORS[len(coupled) :]):
-            ax.axvline(value, color=color, linewidth=2.5, label=f"{label}: every weight, {value:.1e}")
+        for index, ((label, value), color) in enumerate(zip(single.items(), COLORS[len(coupled) :])):
+            style = LINESTYLES[index % len(LINESTYLES)]  # equal values stay visible side by side
+            label = f"{label}: every weight, {value:.1e}"
+            ax.axvline(value, color=color, linewidth=2.5, linestyle=style, label=label)
         ax.set_xscale("log")
     ax.set_xlabel("decay coefficient per step: lr*lambda/(sqrt(vhat)+eps) for L2, eta*lambda decoupled")
     ax.set_ylabel("number of weights")
