@@ -120,10 +120,12 @@ def test_the_command_end_to_end(tmp_path, capsys):
     assert {p.name for p in run.iterdir()} == {"summary.md", "metrics.json", "timescale.png"}
     metrics = json.loads((run / "metrics.json").read_text())
     result = metrics["optimizers"]["adamw"]
-    assert np.asarray(result["error"]).shape == (3, 2, 3) and result["steps"] == [1, 2]
-    assert result["verdict"] in ("reproduced", "not reproduced", "inconclusive")
-    assert len(result["slope"]["ci95"]) == 2 and len(result["best_weight_decay"]) == 2
-    assert "| adamw | 100 |" in (run / "summary.md").read_text()
+    assert result["steps"] == [1, 2] and set(result["metrics"]) == {"error", "loss"}
+    for metric in result["metrics"].values():
+        assert np.asarray(metric["values"]).shape == (3, 2, 3)
+        assert metric["verdict"] in ("reproduced", "not reproduced", "inconclusive")
+        assert len(metric["slope"]["ci95"]) == 2 and len(metric["best_weight_decay"]) == 2
+    assert "| adamw | validation error | 100 |" in (run / "summary.md").read_text()
 
 
 def test_too_large_a_training_set_is_one_line(tmp_path, capsys):

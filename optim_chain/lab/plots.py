@@ -198,7 +198,7 @@ def heatmaps(
 def timescale_curves(
     path: Path, results: Mapping[str, Mapping[str, Any]], train_sizes: Sequence[int], timescales: np.ndarray
 ) -> None:
-    """Validation error against the AdamW timescale in epochs, one curve per training-set size.
+    """Validation error and loss against the AdamW timescale in epochs, one curve per data size.
 
     Each curve is the mean over seeds with its 95% interval as a band; a dashed vertical line
     marks each size's best timescale (between grid points), so that lines that stay together say
@@ -206,31 +206,33 @@ def timescale_curves(
 
     Args:
       path: the PNG to write.
-      results: label -> ``{"error_ci95": [[{"mean", "ci95"}] per timescale] per size,
-        "best_tau_epoch": [...] per size, "slope": {"mean", "ci95"}, "verdict": str}``.
+      results: label -> ``{"metrics": {metric: {"ci95": [[{"mean", "ci95"}] per timescale] per
+        size, "best_tau_epoch": [...] per size, "slope": {"mean", "ci95"}, "verdict": str}}}``.
       train_sizes: the sizes, in the order of the results' lists.
       timescales: the ``tau_epoch`` grid.
     """
-    fig = Figure(figsize=(6.2 * len(results), 4.4), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(results), squeeze=False)[0])
-    for ax, (label, result) in zip(axes, results.items()):
+    panels = [(label, metric, m) for label, r in results.items() for metric, m in r["metrics"].items()]
+    fig = Figure(figsize=(6.2 * len(panels), 4.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
+    for ax, (label, metric, result) in zip(axes, panels):
+        scale = 100.0 if metric == "error" else 1.0
         for k, n in enumerate(train_sizes):
             color, marker = COLORS[k % len(COLORS)], MARKERS[k % len(MARKERS)]
-            cells = result["error_ci95"][k]
-            mean = 100 * np.array([c["mean"] for c in cells])
-            low = 100 * np.array([c["ci95"][0] for c in cells])
-            high = 100 * np.array([c["ci95"][1] for c in cells])
+            cells = result["ci95"][k]
+            mean = scale * np.array([c["mean"] for c in cells])
+            low = scale * np.array([c["ci95"][0] for c in cells])
+            high = scale * np.array([c["ci95"][1] for c in cells])
             ax.plot(timescales, mean, marker=marker, color=color, label=f"{n:,} training examples")
             ax.fill_between(timescales, low, high, color=color, alpha=0.15, linewidth=0)
             ax.axvline(result["best_tau_epoch"][k], color=color, linestyle="--", linewidth=1)
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.set_xlabel("timescale tau_epoch = 1 / (eta * lambda * iterations per epoch)")
-        ax.set_ylabel("validation error (%)")
+        ax.set_ylabel("validation error (%)" if metric == "error" else "validation loss")
         slope = result["slope"]
         ax.set_title(
-            f"{label}: slope of log2(best tau) vs log2(size) {slope['mean']:+.2f} "
-            f"[{slope['ci95'][0]:+.2f}, {slope['ci95'][1]:+.2f}]: {result['verdict']}",
+            f"{label}, validation {metric}: slope of log2(best tau) vs log2(size)\n"
+            f"{slope['mean']:+.2f} [{slope['ci95'][0]:+.2f}, {slope['ci95'][1]:+.2f}]: {result['verdict']}",
             fontsize=9,
         )
         ax.legend(fontsize=8, title="mean over seeds, 95% band;\ndashed: best timescale", title_fontsize=8)

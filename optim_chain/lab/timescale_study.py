@@ -42,6 +42,9 @@ from optim_chain.lab import build, plots, reports, statistics
 from optim_chain.lab.config import Experiment, OptimizerSpec, Training, Where, numbers_in_text
 from optim_chain.lab.training import Trainer
 
+#: What each run is scored by on the validation split: the error, and the cross-entropy loss.
+METRICS = ("error", "loss")
+
 #: The slope of log2(best tau_epoch) against log2(train size) under each hypothesis.
 SLOPE_IF_EPOCHS_FIXED, SLOPE_IF_LAMBDA_FIXED = 0.0, -1.0
 
@@ -165,8 +168,9 @@ def timescale(
     total = sum(steps.values()) * runs * len(experiment.optimizers)  # steps of single runs
     bar = reports.progress_bar(total, progress, "timescale")
     results: dict[str, Any] = {}
+    worst_loss = float(np.log(full.num_classes))  # a diverged run counts as a uniform guess
     for label, spec in experiment.optimizers.items():
-        error = np.empty((len(seeds), len(sizes), len(taus)))
+        values = {name: np.empty((len(seeds), len(sizes), len(taus))) for name in METRICS}
         decays = []
         for k, n in enumerate(sizes):
             n = int(n)
@@ -180,23 +184,30 @@ def timescale(
             wd_flat, seed_flat = (a.ravel() for a in np.meshgrid(wd, seeds, indexing="ij"))
             hyperparams = {"weight_decay": wd_flat.astype(np.float32)}
             run = trainer.run(hyperparams, seed_flat, steps[n], progress=lambda done: bar.update(done * runs))
-            error[:, k, :] = (1.0 - run.test_accuracy[:, -1]).reshape(len(taus), len(seeds)).T
-        analysis = analyse(error, sizes, taus)
-        analysis["best_weight_decay"] = [
-            float(weight_decays(spec, np.array([tau]), int(n) / training.batch_size)[0])
-            for n, tau in zip(sizes, analysis["best_tau_epoch"])
-        ]
+            loss = np.nan_to_num(run.test_loss[:, -1], nan=worst_loss, posinf=worst_loss)
+            for name, final in (("error", 1.0 - run.test_accuracy[:, -1]), ("loss", loss)):
+                values[name][:, k, :] = final.reshape(len(taus), len(seeds)).T
+        per_metric = {}
+        for name, value in values.items():
+            analysis = analyse(value, sizes, taus)
+            analysis["best_weight_decay"] = [
+                float(weight_decays(spec, np.array([tau]), int(n) / training.batch_size)[0])
+                for n, tau in zip(sizes, analysis["best_tau_epoch"])
+            ]
+            per_metric[name] = {
+                "values": value,
+                "ci95": [
+                    [statistics.mean_interval(value[:, k, j]).as_dict() for j in range(len(taus))]
+                    for k in range(len(sizes))
+                ],
+                **analysis,
+            }
         results[label] = {
             "learning_rate": float(numbers_in_text(spec.spec["learning_rate"])),
             "decay_scaling": spec.spec.get("decay_scaling", "learning_rate"),
             "steps": [steps[int(n)] for n in sizes],
             "weight_decays": decays,
-            "error": error,
-            "error_ci95": [
-                [statistics.mean_interval(error[:, k, j]).as_dict() for j in range(len(taus))]
-                for k in range(len(sizes))
-            ],
-            **analysis,
+            "metrics": per_metric,
         }
     bar.close()
     path = reports.output_dir(out_dir, experiment.name)
@@ -225,32 +236,25 @@ def timescale(
 def _table(results: dict[str, Any], sizes: np.ndarray) -> str:
     rows = []
     for label, r in results.items():
-        for k, n in enumerate(sizes):
-            best = r["best_log2_tau_epoch"][k]
-            low, high = best["ci95"]
-            lr, scaling, best_tau = r["learning_rate"], r["decay_scaling"], 2.0 ** best["mean"]
-            rows.append(
-                [
-                    label if k == 0 else "",
-                    f"{int(n):,}",
-                    f"{best_tau:.2f}",
-                    f"[{2.0 ** low:.2f}, {2.0 ** high:.2f}]",
-                    f"{r['best_weight_decay'][k]:.3g}",
-                    f"{lr:g} ({scaling})" if k == 0 else "",
-                ]
-            )
-        slope_ = r["slope"]
-        rows.append(
-            [
-                "",
-                "slope",
-                f"{slope_['mean']:+.2f}",
-                f"[{slope_['ci95'][0]:+.2f}, {slope_['ci95'][1]:+.2f}]",
-                r["verdict"],
-                "",
-            ]
-        )
-    header = ["optimizer", "train size", "best tau_epoch", "95% CI", "lambda there", "lr (convention)"]
+        for metric, m in r["metrics"].items():
+            for k, n in enumerate(sizes):
+                best = m["best_log2_tau_epoch"][k]
+                low, high = best["ci95"]
+                rows.append(
+                    [
+                        label if k == 0 else "",
+                        f"validation {metric}" if k == 0 else "",
+                        f"{int(n):,}",
+                        f"{2.0 ** best['mean']:.2f}",
+                        f"[{2.0 ** low:.2f}, {2.0 ** high:.2f}]",
+                        f"{m['best_weight_decay'][k]:.3g}",
+                    ]
+                )
+            slope_ = m["slope"]
+            low, high = slope_["ci95"]
+            interval = f"[{low:+.2f}, {high:+.2f}]"
+            rows.append(["", "", "slope", f"{slope_['mean']:+.2f}", interval, m["verdict"]])
+    header = ["optimizer", "metric", "train size", "best tau_epoch", "95% CI", "lambda there / verdict"]
     return reports.markdown_table(header, rows)
 
 
@@ -266,7 +270,8 @@ def _summary(experiment: Experiment, results: dict[str, Any], table: str, wall: 
         f"{t.seeds} seeds per cell; "
         f"tau_epoch in {', '.join(f'{v:g}' for v in study.timescales)}. Wall time {wall:.1f} s.",
         "",
-        "Metric: final validation error, mean over seeds. *best tau_epoch* is the vertex of the",
+        "Metrics: final validation error and loss, each a mean over seeds, each analysed on its own.",
+        "*best tau_epoch* is the vertex of the",
         "parabola through the lowest grid point and its neighbours (log2 tau); its interval and the",
         "slope's are percentile bootstraps over seeds. *slope* fits log2(best tau_epoch) against",
         "log2(train size): 0 if the best timescale in epochs stays put (Wang & Aitchison), -1 if the",
