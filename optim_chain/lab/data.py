@@ -1,5 +1,7 @@
-"""Small real data sets that ship with the install, so experiments never download anything.
+"""Small real data sets generated or shipped with the install, so experiments never download anything.
 
+* :func:`mnist1d`: MNIST-1D (Greydanus & Kobak 2024), generated from the ``mnist1d`` package's
+  templates, with a validation split carved from its training set.
 * :func:`digits`: scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes).
 * :func:`text`: a character-level next-token corpus made of the documentation text that ships
   with Python itself (``pydoc_data.topics``, about 465,000 characters).

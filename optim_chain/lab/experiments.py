@@ -1,12 +1,15 @@
-"""The two experiments behind the command line: ``compare`` and ``sweep``.
+"""Two experiments behind the command line: ``compare`` and ``sweep``
+(:mod:`optim_chain.lab.timescale_study` is the third).
 
-* :func:`compare` trains one model with several optimizers (by default Adam, Adam+L2 and AdamW
-  with biases and norms masked) over several seeds, all seeds of an optimizer as one vmapped
-  program, and writes ``runs/<name>/``: ``summary.md``, ``metrics.json``, ``curves.png`` and
-  ``effective_decay.png``.
+* :func:`compare` trains one model with several optimizers (by default every optimizer at its
+  tuned point on MNIST-1D) over several seeds, all seeds of an optimizer as one vmapped
+  program, and writes ``runs/<name>/``: ``summary.md``, ``metrics.json`` (95% intervals and the
+  paired differences decoupled minus coupled), ``curves.png`` and ``effective_decay.png``.
 * :func:`sweep` trains a learning-rate x weight-decay grid per optimizer, the whole grid as one
-  vmapped program, draws the heatmaps side by side (Loshchilov & Hutter, Figure 2), computes
-  separability numbers (:func:`optim_chain.lab.diagnostics.separability`) and times the same grid
+  vmapped program, tunes each optimizer on the evaluation split (validation, in the default),
+  tests the tuned cell on new seeds, draws the heatmaps side by side (Loshchilov & Hutter,
+  Figure 2), computes separability numbers (:func:`optim_chain.lab.diagnostics.separability`)
+  with bootstrap intervals and a verdict per claim of the paper, and can time the same grid
   trained one run at a time. It writes ``summary.md``, ``metrics.json`` and ``heatmaps.png``.
 """
 
