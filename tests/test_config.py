@@ -118,7 +118,7 @@ def _without_source(experiment: config.Experiment) -> config.Experiment:
     return dataclasses.replace(experiment, source="", optimizers=spec_only)
 
 
-@pytest.mark.parametrize("kind", ["compare", "sweep"])
+@pytest.mark.parametrize("kind", ["compare", "sweep", "timescale"])
 def test_config_files_spell_out_the_built_in_defaults(kind):
     from_file = config.load_experiment(CONFIGS / f"mnist1d_{kind}.yaml", kind)
     built_in = config.load_experiment(None, kind)
