@@ -136,3 +136,62 @@ def test_mnist1d_configs_load():
     assert set(compare.optimizers) == set(sweep.optimizers)
     for spec in compare.optimizers.values():
         build.scheduled_optimizer(spec, compare.training.schedule, compare.training.steps)
+
+
+def test_compare_at_the_tuned_cells_repeats_the_sweeps_test_runs(tmp_path):
+    """compare passes lr and lambda in as arrays, as the sweep does: same program, same digits."""
+    out = tmp_path / "runs"
+    sweep_file = _write(tmp_path, TINY_SWEEP)
+    assert cli.main(["sweep", "--config", str(sweep_file), "--out", str(out), "--no-progress"]) == 0
+    swept = json.loads((out / "tiny" / "metrics.json").read_text())["optimizers"]
+    lines = [
+        "name: tiny_compare",
+        "data: {name: mnist1d, num_samples: 600}",
+        "model: {name: cnn, channels: 4}",
+        "training: {steps: 6, batch_size: 16, eval_every: 6, seeds: 3, first_seed: 1000, schedule: cosine}",
+        "optimizers:",
+    ]
+    for label, extra in (("adam_l2", ""), ("adamw", ", decay_scaling: schedule")):
+        final = swept[label]["final"]
+        lines.append(
+            f"  {label}: {{preset: {label}, mask: default, learning_rate: {final['learning_rate']!r}, "
+            f"weight_decay: {final['weight_decay']!r}{extra}}}"
+        )
+    compare_file = tmp_path / "compare.yaml"
+    compare_file.write_text("\n".join(lines) + "\n")
+    assert cli.main(["compare", "--config", str(compare_file), "--out", str(out), "--no-progress"]) == 0
+    compared = json.loads((out / "tiny_compare" / "metrics.json").read_text())["optimizers"]
+    for label in ("adam_l2", "adamw"):
+        assert compared[label]["test_accuracy"] == swept[label]["final"]["test_accuracy"]
+        assert compared[label]["test_loss"] == swept[label]["final"]["test_loss"]  # every digit
+        assert swept[label]["final"]["seeds"] == [1000, 1001, 1002]
+
+
+def test_compare_builds_the_sweeps_program(tmp_path):
+    """compare's runs at a cell are the sweep's runs at that cell: the learning rate and decay
+    enter the compiled program as arrays in both (as constants XLA would round them otherwise)."""
+    from optim_chain.lab import experiments
+    from optim_chain.lab.training import Trainer
+
+    text = """
+data: {name: mnist1d, num_samples: 600}
+model: {name: cnn, channels: 25}
+training: {steps: 200, batch_size: 32, eval_every: 100, seeds: 3, first_seed: 1000, schedule: cosine}
+optimizers:
+  adamw_torch: {preset: adamw, learning_rate: 3.0e-2, weight_decay: 1.0e-2, mask: default}
+"""
+    experiment = config.load_experiment(_write(tmp_path, text), "compare")
+    dataset = build.load_data(experiment)
+    model, training = build.model(experiment, dataset), experiment.training
+    spec = experiment.optimizers["adamw_torch"]
+    seeds = training.first_seed + np.arange(training.seeds)
+    hyperparams = experiments._as_arrays(spec, len(seeds))
+    assert set(hyperparams) == {"learning_rate", "weight_decay"}
+    compared = Trainer(model, dataset, experiments._passed_in(spec, training), 32, 100)
+    cell = (("learning_rate", 3e-2), ("weight_decay", 1e-2))
+    grid = {k: np.full(len(seeds), v, np.float32) for k, v in cell}
+    swept = Trainer(model, dataset, experiments._from_grid(spec, training), 32, 100)
+    np.testing.assert_array_equal(
+        compared.run(hyperparams, seeds, training.steps).test_loss,
+        swept.run(grid, seeds, training.steps).test_loss,
+    )

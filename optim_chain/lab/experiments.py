@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from optim_chain.lab import build, diagnostics, plots, reports, statistics
-from optim_chain.lab.config import Experiment, OptimizerSpec
+from optim_chain.lab.config import Experiment, OptimizerSpec, numbers_in_text
 from optim_chain.lab.training import Trainer, unstack
 
 
@@ -70,8 +70,10 @@ def compare(
     single: dict[str, float] = {}
     for label, spec in experiment.optimizers.items():
         bar.set_description(f"compare: {label}")
-        trainer = Trainer(model, dataset, _fixed(spec, training), training.batch_size, training.eval_every)
-        run = trainer.run({}, seeds, training.steps, progress=bar.update)
+        hyperparams = _as_arrays(spec, len(seeds))
+        optimizer = _passed_in(spec, training)
+        trainer = Trainer(model, dataset, optimizer, training.batch_size, training.eval_every)
+        run = trainer.run(hyperparams, seeds, training.steps, progress=bar.update)
         transform = build.scheduled_optimizer(spec, training.schedule, training.steps)
         params0 = unstack(run.final.params, 0)
         decayed, total = diagnostics.decayed_parameters(transform, params0)
@@ -168,10 +170,30 @@ def _intervals(results: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
     return summary, differences
 
 
-def _fixed(spec: OptimizerSpec, training: Any) -> Callable[[Any], Any]:
+#: The preset arguments that runs receive as arrays, in compare as in the sweep.
+PASSED_IN = ("learning_rate", "weight_decay")
+
+
+def _as_arrays(spec: OptimizerSpec, runs: int) -> dict[str, np.ndarray]:
+    """A preset's numeric learning rate and weight decay, one float32 entry per run.
+
+    Compare hands them to the compiled program as arguments, as the sweep does with its grid,
+    rather than folding them in as constants: the two programs then round alike, and a compare
+    at a sweep's tuned cell on the sweep's test seeds repeats the sweep's test runs exactly.
+    """
+    if "preset" not in spec.spec:
+        return {}
+    values = {key: numbers_in_text(spec.spec[key]) for key in PASSED_IN if key in spec.spec}
+    return {
+        key: np.full(runs, value, np.float32)
+        for key, value in values.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+
+
+def _passed_in(spec: OptimizerSpec, training: Any) -> Callable[[Any], Any]:
     def optimizer(hyperparams: Any) -> Any:
-        del hyperparams
-        return build.scheduled_optimizer(spec, training.schedule, training.steps)
+        return build.scheduled_optimizer(spec, training.schedule, training.steps, dict(hyperparams))
 
     return optimizer
 
@@ -447,6 +469,7 @@ def _final_test(
         "weight_decay": wd,
         "seeds": seeds,
         "test_accuracy": accuracy,
+        "test_loss": run.test_loss[:, -1],
         "test_accuracy_ci95": statistics.mean_interval(accuracy).as_dict(),
     }
 
