@@ -382,6 +382,10 @@ def sweep(
                 ).as_dict()
                 for name in ("slope", "interaction")
             }
+            panels[label]["separability_ci95"] = results[label]["separability_ci95"]
+            panels[label]["error_half_width"] = np.array(
+                [[_half_width(error[i, j]) for j in range(len(wds))] for i in range(len(lrs))]
+            )
         results[label]["per_seed_error"] = per_seed
         if training.final_seeds:
             bar.set_description(f"sweep: {label} at its tuned cell, on the test split")
@@ -434,6 +438,14 @@ def sweep(
     echo(f"\nwrote {path}/: summary.md, metrics.json, heatmaps.png")
     echo(f"wall time {wall:.1f} s")
     return metrics
+
+
+def _half_width(values: np.ndarray) -> float:
+    """Half the width of the 95% t interval of the mean of ``values`` (NaN where a run diverged)."""
+    if not np.all(np.isfinite(values)):
+        return float("nan")
+    interval = statistics.mean_interval(values)
+    return (interval.high - interval.low) / 2
 
 
 #: Seeds of the runs at the tuned cells start here: none of them was used for tuning.

@@ -100,6 +100,14 @@ def effective_decay(
     fig.savefig(path, dpi=110)
 
 
+def _interval(interval: Mapping[str, Any] | None) -> str:
+    """`` [low, high]`` of a 95% interval for a title, or nothing."""
+    if not interval or not all(np.isfinite(interval["ci95"])):
+        return ""
+    low, high = interval["ci95"]
+    return f" [{low:+.2f}, {high:+.2f}]"
+
+
 def heatmaps(
     path: Path,
     rows: Sequence[Sequence[dict[str, Any]]],
@@ -115,7 +123,10 @@ def heatmaps(
     Args:
       path: the PNG to write.
       rows: for each row, panels ``{"label", "learning_rates", "weight_decays", "metric",
-        "error", "separability": Separability}``; the grid arrays are ``[lr, wd]``.
+        "error", "separability": Separability}``, and where there are several seeds
+        ``"error_half_width"`` (the 95% interval of each cell, drawn under its number) and
+        ``"separability_ci95"`` (``{"slope", "interaction"}`` intervals, in the title); the grid
+        arrays are ``[lr, wd]``.
       metric_name: what the colour shows.
       worst: the clipping value of the colour scale.
     """
@@ -146,10 +157,13 @@ def heatmaps(
             ax.set_xlabel("learning rate")
             ax.set_ylabel("weight decay")
             error = np.asarray(panel["error"], np.float64)
+            half = panel.get("error_half_width")
             for i in range(len(lrs)):
                 for j in range(len(wds)):
                     percent = 100 * error[i, j]
                     text = "nan" if not np.isfinite(percent) else f"{percent:.{1 if percent < 10 else 0}f}"
+                    if half is not None and np.isfinite(half[i, j]):
+                        text += f"\n±{100 * half[i, j]:.1f}"
                     dark = norm(shown[i, j]) > 0.6
                     ax.text(
                         i, j, text, ha="center", va="center", fontsize=8, color="white" if dark else "black"
@@ -182,14 +196,17 @@ def heatmaps(
                 handles, labels = ax.get_legend_handles_labels()
                 fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8)
             slope = f"{sep.slope:+.2f}" if np.isfinite(sep.slope) else "n/a"
+            ci = panel.get("separability_ci95", {})
             ax.set_title(
-                f"{panel['label']}: slope {slope}, spread {sep.spread_decades:.1f} dec, "
-                f"interaction {sep.interaction:.2f}",
+                f"{panel['label']}: slope {slope}{_interval(ci.get('slope'))}, spread "
+                f"{sep.spread_decades:.1f} dec,\ninteraction {sep.interaction:.2f}"
+                f"{_interval(ci.get('interaction'))}",
                 fontsize=9,
             )
             fig.colorbar(image, ax=ax, label=metric_name, shrink=0.85)
     fig.suptitle(
-        f"final {metric_name}, mean over seeds: colour, and in percent, numbers\n"
+        f"final {metric_name}, mean over seeds: colour, and in percent (± its 95% interval), numbers\n"
+        "titles: separability numbers with bootstrap 95% intervals over seeds\n"
         "white dots: best weight decay of each learning rate; grey: learning rates left out of the fit"
     )
     fig.savefig(path, dpi=100)
