@@ -8,6 +8,7 @@ they measured.
     python benchmarks/experiments.py layout   # m and v in one buffer, interleaved or stacked
     python benchmarks/experiments.py sliced   # the step in cache-sized slices, written in place
     python benchmarks/experiments.py schedule # leaf by leaf: XLA's memory-optimized scheduler
+    python benchmarks/experiments.py odd      # 256 one-dimensional leaves of odd and even lengths
 
 Options: ``--size 10M`` (parameters, one float32 leaf), ``--repeats 15``.
 """
@@ -25,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import optim_chain as oc
@@ -290,17 +292,54 @@ def schedule(args: argparse.Namespace) -> None:
         print(f"{name:34s} consecutive loops on the same leaf: {fraction:.2f}")
 
 
+# ------------------------------------------------------------------- odd lengths
+
+
+def odd(args: argparse.Namespace) -> None:
+    """oc.adamw on 256 leaves of about 78k elements: odd, even and 2-D shapes, against one leaf.
+
+    XLA:CPU splits each loop into one task per core; when the tasks do not divide the length,
+    every element of the loop is bounds-checked (``--xla_dump_to`` shows it in the kernel's IR).
+    """
+    shapes = {
+        "one leaf of 20,000,000": (1, (20_000_000,)),
+        "256 x (78128,)": (256, (78128,)),
+        "256 x (78124,)": (256, (78124,)),
+        "256 x (78126,)": (256, (78126,)),
+        "256 x (78125,)": (256, (78125,)),
+        "256 x (125, 625)": (256, (125, 625)),
+    }
+    cases = {}
+    for name, (count, shape) in shapes.items():
+        opt = oc.adamw(LR, WD)
+        params = {f"p{i:03d}": jnp.ones(shape, jnp.float32) for i in range(count)}
+        grads = jax.tree.map(lambda x: x * 1e-3, params)
+
+        def step(p, s, g, opt=opt):
+            updates, s = opt.update(g, s, p)
+            return optax.apply_updates(p, updates), s
+
+        cases[name], _ = step_case(step, params, opt.init(params), grads, donate=(0, 1))
+    found = rotate(cases, args.repeats)
+    base = found["one leaf of 20,000,000"]
+    for name, ms in found.items():
+        count, shape = shapes[name]
+        elements = count * int(np.prod(shape))
+        print(f"{name:24s} {ms:8.2f} ms  {ms * 1e6 / elements:6.3f} ns/element  {ms / base:5.2f}x one leaf")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("experiment", choices=["mof", "layout", "sliced", "schedule"])
+    parser.add_argument("experiment", choices=["mof", "layout", "sliced", "schedule", "odd"])
     parser.add_argument("--size", type=parse_size, default=parse_size("10M"))
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args(argv)
     if args.experiment == "sliced":
         args.size -= args.size % 1048576 or 0
-    {"mof": mof, "layout": layout, "sliced": sliced, "schedule": schedule}[args.experiment](args)
+    experiments = {"mof": mof, "layout": layout, "sliced": sliced, "schedule": schedule, "odd": odd}
+    experiments[args.experiment](args)
     return 0
 
 

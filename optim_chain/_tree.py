@@ -109,6 +109,18 @@ def increment(count: jax.Array) -> jax.Array:
     return jnp.where(count < INT32_MAX, count + 1, INT32_MAX).astype(jnp.int32)
 
 
+def cast(x: jax.Array, dtype: Any) -> jax.Array:
+    """``x.astype(dtype)``; ``x`` itself when it already is a ``dtype`` array that is not weakly typed.
+
+    The value is the same either way (jax elides such a conversion). Skipping the call keeps
+    tracing cheap: ``astype`` runs several layers of Python per call, and the per-leaf functions
+    of a chain call it a dozen times per leaf, most of them on leaves already in their dtype.
+    """
+    if x.dtype == dtype and not getattr(x, "weak_type", False):
+        return x
+    return x.astype(dtype)
+
+
 def compute_dtype(dtype: Any) -> jnp.dtype:
     """The dtype in which a ``dtype`` leaf's arithmetic runs: at least float32 (complex stays complex)."""
     return jnp.promote_types(dtype, jnp.float32)

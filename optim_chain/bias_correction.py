@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from optim_chain import _validation
-from optim_chain._tree import check_float_params, compute_dtype, increment, per_dtype, scalar_dtype
+from optim_chain._tree import cast, check_float_params, compute_dtype, increment, per_dtype, scalar_dtype
 from optim_chain.moments import _expect_moments
 from optim_chain.transform import Transform
 
@@ -34,7 +34,7 @@ def _factor(decay: Any, step: jax.Array, dtype: Any) -> jax.Array:
 def _correct(moment: jax.Array, factor: Any) -> jax.Array:
     """``moment / (1 - decay**step)``; ``factor(dtype)`` gives the divisor in at least float32."""
     dtype = compute_dtype(moment.dtype)
-    return (moment.astype(dtype) / factor(scalar_dtype(dtype))).astype(moment.dtype)
+    return cast(cast(moment, dtype) / factor(scalar_dtype(dtype)), moment.dtype)
 
 
 def correct_bias(b1: float = 0.9, b2: float = 0.999, nesterov: bool = False) -> Transform:
@@ -96,9 +96,9 @@ def correct_bias(b1: float = 0.9, b2: float = 0.999, nesterov: bool = False) -> 
             dtype = compute_dtype(jnp.promote_types(m.dtype, g.dtype))
             real = scalar_dtype(dtype)
             d = jnp.asarray(b1, real)
-            ahead = m.astype(dtype) / ahead_factor(real)
-            current = g.astype(dtype) / first_factor(real)
-            return (d * ahead + (1 - d) * current).astype(m.dtype)
+            ahead = cast(m, dtype) / ahead_factor(real)
+            current = cast(g, dtype) / first_factor(real)
+            return cast(d * ahead + (1 - d) * current, m.dtype)
 
         first = jax.tree.map(look_ahead, moments.first, moments.gradient)
         return moments._replace(first=first, second=second), BiasCorrectionState(count=count)

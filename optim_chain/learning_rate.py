@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from optim_chain import _validation
-from optim_chain._tree import check_float_params, check_matching, increment, per_dtype, scalar_dtype
+from optim_chain._tree import cast, check_float_params, check_matching, increment, per_dtype, scalar_dtype
 from optim_chain.moments import _expect_step
 from optim_chain.transform import Transform
 
@@ -59,7 +59,7 @@ def scale_by_learning_rate(learning_rate: float | Callable[[jax.Array], Any]) ->
         negative_lr = per_dtype(lambda dtype: -jnp.asarray(lr, dtype))
 
         def scale(u: jax.Array) -> jax.Array:
-            return (negative_lr(scalar_dtype(u.dtype)) * u).astype(u.dtype)
+            return cast(negative_lr(scalar_dtype(u.dtype)) * u, u.dtype)
 
         if not callable(learning_rate):
             return jax.tree.map(scale, updates), state

@@ -40,6 +40,7 @@ import numpy as np
 from optim_chain import _validation
 from optim_chain._complex import componentwise, square
 from optim_chain._tree import (
+    cast,
     check_float_params,
     check_matching,
     compute_dtype,
@@ -109,13 +110,13 @@ def _ema(
     """
     emitted = jnp.promote_types(average.dtype, value.dtype)
     dtype = compute_dtype(emitted)
-    x = value.astype(dtype)
+    x = cast(value, dtype)
     if squared:
         x = square(x)
     real = scalar_dtype(dtype)
     d, one_minus_d = decay(real) if callable(decay) else _weights(decay, real)
-    new = d * average.astype(dtype) + one_minus_d * x
-    return new.astype(average.dtype), new.astype(emitted)
+    new = d * cast(average, dtype) + one_minus_d * x
+    return cast(new, average.dtype), cast(new, emitted)
 
 
 def _weights(decay: Any, dtype: Any) -> tuple[jax.Array, jax.Array]:
@@ -262,8 +263,8 @@ def accumulate_second_moment(initial_value: float = 0.0, moment_dtype: Any = Non
     def accumulate(s: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
         emitted = jnp.promote_types(s.dtype, g.dtype)
         dtype = compute_dtype(emitted)
-        new = s.astype(dtype) + square(g.astype(dtype))
-        return new.astype(s.dtype), new.astype(emitted)
+        new = cast(s, dtype) + square(cast(g, dtype))
+        return cast(new, s.dtype), cast(new, emitted)
 
     def update(updates: Any, state: SecondMomentState, params: Any = None, **extra: Any):
         del params, extra
@@ -313,7 +314,7 @@ def center_second_moment(decay: float = 0.99, moment_dtype: Any = None) -> Trans
     def center(v: jax.Array, a: jax.Array) -> jax.Array:
         emitted = jnp.promote_types(v.dtype, a.dtype)
         dtype = compute_dtype(emitted)
-        return (v.astype(dtype) - square(a.astype(dtype))).astype(emitted)
+        return cast(cast(v, dtype) - square(cast(a, dtype)), emitted)
 
     def update(updates: Any, state: CenteredState, params: Any = None, **extra: Any):
         del params, extra
@@ -363,8 +364,8 @@ def max_second_moment(moment_dtype: Any = None) -> Transform:
 
     def running_max(mx: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
         emitted = jnp.promote_types(mx.dtype, v.dtype)
-        new = componentwise(jnp.maximum, mx.astype(emitted), v.astype(emitted))
-        return new.astype(mx.dtype), new
+        new = componentwise(jnp.maximum, cast(mx, emitted), cast(v, emitted))
+        return cast(new, mx.dtype), new
 
     def update(updates: Any, state: MaxSecondMomentState, params: Any = None, **extra: Any):
         del params, extra

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from optim_chain import _validation
 from optim_chain._tree import (
+    cast,
     check_float_params,
     check_matching,
     compute_dtype,
@@ -64,9 +65,9 @@ def add_momentum(momentum: float = 0.9, nesterov: bool = False, moment_dtype: An
         def step(u: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
             dtype = compute_dtype(jnp.promote_types(u.dtype, b.dtype))
             mu = jnp.asarray(momentum, scalar_dtype(dtype))
-            buffer = mu * b.astype(dtype) + u.astype(dtype)
-            out = (u.astype(dtype) + mu * buffer) if nesterov else buffer
-            return out.astype(jnp.promote_types(u.dtype, b.dtype)), buffer.astype(b.dtype)
+            buffer = mu * cast(b, dtype) + cast(u, dtype)
+            out = (cast(u, dtype) + mu * buffer) if nesterov else buffer
+            return cast(out, jnp.promote_types(u.dtype, b.dtype)), cast(buffer, b.dtype)
 
         out, buffer = map_pair(step, updates, state.buffer)
         return out, MomentumState(buffer=buffer)

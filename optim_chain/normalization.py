@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from optim_chain import _validation
 from optim_chain._complex import componentwise
-from optim_chain._tree import compute_dtype, scalar_dtype
+from optim_chain._tree import cast, compute_dtype, per_dtype, scalar_dtype
 from optim_chain.moments import _expect_moments
 from optim_chain.transform import Transform, stateless
 
@@ -34,21 +34,21 @@ def normalize_by_second_moment(eps: float = 1e-8, eps_root: float = 0.0) -> Tran
     _validation.non_negative("eps", eps)
     _validation.non_negative("eps_root", eps_root)
 
-    def normalize(m: jax.Array, v: jax.Array) -> jax.Array:
+    def normalize(m: jax.Array, v: jax.Array, constants: Any) -> jax.Array:
         emitted = jnp.promote_types(m.dtype, v.dtype)
         dtype = compute_dtype(emitted)
-        real = scalar_dtype(dtype)
+        root_eps, outer_eps = constants(scalar_dtype(dtype))
 
         def divide(first: jax.Array, second: jax.Array) -> jax.Array:
-            root = jnp.sqrt(second + jnp.asarray(eps_root, real)) + jnp.asarray(eps, real)
-            return first / root
+            return first / (jnp.sqrt(second + root_eps) + outer_eps)
 
         # per component for complex moments (torch's view_as_real), plain division otherwise
-        return componentwise(divide, m.astype(dtype), v.astype(dtype)).astype(emitted)
+        return cast(componentwise(divide, cast(m, dtype), cast(v, dtype)), emitted)
 
     def update(updates: Any, params: Any) -> Any:
         del params
         moments = _expect_moments("normalize_by_second_moment", updates)
-        return jax.tree.map(normalize, moments.first, moments.second)
+        constants = per_dtype(lambda dtype: (jnp.asarray(eps_root, dtype), jnp.asarray(eps, dtype)))
+        return jax.tree.map(lambda m, v: normalize(m, v, constants), moments.first, moments.second)
 
     return stateless("normalize_by_second_moment", update, eps=eps, eps_root=eps_root)

@@ -31,6 +31,7 @@ import optax
 from optim_chain import _validation
 from optim_chain._complex import componentwise
 from optim_chain._tree import (
+    cast,
     check_float_params,
     check_matching,
     increment,
@@ -162,7 +163,7 @@ def _decay_selected(
     out = []
     for u, p, ref, flag in zip(leaves, param_leaves, references, flags):
         target = p if ref is None else p - jnp.asarray(ref).astype(p.dtype)
-        out.append(decay(u, target).astype(u.dtype) if flag else u)
+        out.append(cast(decay(u, target), u.dtype) if flag else u)
     return jax.tree.unflatten(treedef, out)
 
 

@@ -9,6 +9,7 @@ import pytest
 from helpers import param_shaped_subtrees
 
 import optim_chain as oc
+from optim_chain._tree import cast
 
 STEPS = 3
 
@@ -200,3 +201,29 @@ def test_bfloat16_moments_for_float32_params():
     assert set(jax.tree.leaves(_dtypes((mu, nu)))) == {jnp.dtype(jnp.bfloat16)}
     assert _dtypes(final) == _dtypes(params)
     chex.assert_tree_all_finite((history, final))
+
+
+LEAVES = {
+    "float32": lambda: jnp.asarray([1.5, -2.0], jnp.float32),
+    "bfloat16": lambda: jnp.asarray([1.5, -2.0], jnp.bfloat16),
+    "complex64": lambda: jnp.asarray([1.5 - 2j], jnp.complex64),
+    "weak float32": lambda: jnp.asarray(1.5),
+}
+
+
+@pytest.mark.parametrize("leaf", LEAVES)
+def test_cast_equals_astype_and_skips_only_conversions_that_change_nothing(leaf):
+    # the transforms convert through _tree.cast, which hands back a leaf already in the target
+    # dtype (and not weakly typed) as it is; in every case the result is astype's
+    x = LEAVES[leaf]()
+    targets = [jnp.complex64] if jnp.iscomplexobj(x) else [jnp.float32, jnp.bfloat16, jnp.complex64]
+
+    def check(x):
+        assert (cast(x, x.dtype) is x) == (not x.weak_type)
+        ours, theirs = [cast(x, jnp.dtype(t)) for t in targets], [x.astype(t) for t in targets]
+        assert [(a.dtype, a.weak_type) for a in ours] == [(b.dtype, b.weak_type) for b in theirs]
+        return ours, theirs
+
+    for ours, theirs in (check(x), jax.jit(check)(x)):
+        for a, b in zip(ours, theirs):
+            np.testing.assert_array_equal(np.asarray(a, np.complex128), np.asarray(b, np.complex128))
