@@ -9,6 +9,7 @@ they measured.
     python benchmarks/experiments.py sliced   # the step in cache-sized slices, written in place
     python benchmarks/experiments.py schedule # leaf by leaf: XLA's memory-optimized scheduler
     python benchmarks/experiments.py odd      # 256 one-dimensional leaves of odd and even lengths
+    python benchmarks/experiments.py grouped  # 1,024 leaves: small leaves concatenated inside the step
 
 Options: ``--size 10M`` (parameters, one float32 leaf), ``--repeats 15``.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -328,17 +330,171 @@ def odd(args: argparse.Namespace) -> None:
         print(f"{name:24s} {ms:8.2f} ms  {ms * 1e6 / elements:6.3f} ns/element  {ms / base:5.2f}x one leaf")
 
 
+# ------------------------------------------------------------------- grouped small leaves
+
+
+def tree_1024(vectors: int = 512, width: int = 512, matrices: int = 512, columns: int = 75) -> dict:
+    """A tree of 1,024 leaves: 512 vectors of 512 and 512 matrices (512, 75); 19,922,944 in all."""
+    shapes = {f"v{i:03d}": (width,) for i in range(vectors)}
+    shapes.update({f"w{i:03d}": (width, columns) for i in range(matrices)})
+    return shapes
+
+
+def grouped_step(opt: optax.GradientTransformation, params: dict, threshold: int, barrier: bool = False):
+    """oc.adamw's step with every leaf under ``threshold`` elements concatenated inside the step.
+
+    Params, grads and both moments of the small leaves are concatenated into one vector each,
+    the chain's own ``update`` runs on ``{small: vector, big leaves...}`` and the results are
+    sliced back per leaf: the state the step takes and returns keeps its per-leaf layout.
+    Valid for an elementwise chain whose first state is a ``MomentsState(mu, nu)``. With
+    ``barrier`` the grouped results pass through ``lax.optimization_barrier`` before they are
+    sliced, so that XLA computes them as whole vectors instead of fusing the arithmetic into
+    every slice.
+    """
+    small = [k for k in sorted(params) if params[k].size < threshold]
+    big = [k for k in sorted(params) if params[k].size >= threshold]
+    shapes = {k: params[k].shape for k in small}
+    offsets, start = {}, 0
+    for k in small:
+        offsets[k] = start
+        start += params[k].size
+
+    def join(tree: dict) -> dict:
+        out = {k: tree[k] for k in big}
+        if small:
+            out["__small__"] = jnp.concatenate([jnp.ravel(tree[k]) for k in small])
+        return out
+
+    def split(tree: dict) -> dict:
+        out = {k: tree[k] for k in big}
+        for k in small:
+            n = int(np.prod(shapes[k]))
+            out[k] = tree["__small__"][offsets[k] : offsets[k] + n].reshape(shapes[k])
+        return out
+
+    def step(p, s, g):
+        moments = s[0]
+        state = (moments._replace(mu=join(moments.mu), nu=join(moments.nu)), *s[1:])
+        gp = join(p)
+        updates, state = opt.update(join(g), state, gp)
+        new_p, moments = optax.apply_updates(gp, updates), state[0]
+        if barrier:
+            new_p, moments = jax.lax.optimization_barrier((new_p, moments))
+        return split(new_p), (moments._replace(mu=split(moments.mu), nu=split(moments.nu)), *state[1:])
+
+    return step
+
+
+def hlo_counts(text: str, elements: int) -> str:
+    """Fusions, array loops, HLO bytes per element and the entry's unfused copies, slices, concatenates."""
+    shape = _hlo.structure(text, elements)
+    entry = text[text.index("ENTRY") :]
+    ops = {op: len(re.findall(rf"= [^=]*? {op}\(", entry)) for op in ("copy", "slice", "concatenate")}
+    fused_slices = len(re.findall(r"= [^=]*? slice\(", text)) - ops["slice"]
+    return (
+        f"fusions {shape.fusions}, array loops {shape.array_loops}, "
+        f"HLO B/param {shape.bytes_per_element:.1f}, entry copies {ops['copy']}, "
+        f"entry slices {ops['slice']}, entry concatenates {ops['concatenate']}, "
+        f"slices inside fusions {fused_slices}"
+    )
+
+
+def grouped(args: argparse.Namespace) -> None:
+    """oc.adamw and optax.adamw on the 1,024-leaf tree, the grouped step, and one leaf."""
+    if not os.environ.get("EXPERIMENT_CHILD"):
+        for flags in ("", MOF_FLAG):
+            env = dict(os.environ, EXPERIMENT_CHILD="1", XLA_FLAGS=flags)
+            command = [sys.executable, __file__, "grouped", f"--repeats={args.repeats}"]
+            subprocess.run(command, env=env, check=True)
+            print()
+        return
+    shapes = tree_1024()
+    rng = np.random.default_rng(0)
+    params = {k: jnp.asarray(rng.standard_normal(s, dtype=np.float32) * 0.02) for k, s in shapes.items()}
+    grads = {k: jnp.asarray(rng.standard_normal(s, dtype=np.float32) * 1e-3) for k, s in shapes.items()}
+    total = sum(int(np.prod(s)) for s in shapes.values())
+
+    def plain(opt):
+        def step(p, s, g):
+            updates, s = opt.update(g, s, p)
+            return optax.apply_updates(p, updates), s
+
+        return step
+
+    steps = {
+        "(a) oc.adamw tree": (oc.adamw(LR, WD), plain(oc.adamw(LR, WD))),
+        "(b) optax.adamw tree": (optax.adamw(LR, weight_decay=WD), plain(optax.adamw(LR, weight_decay=WD))),
+    }
+    for threshold in (65536, 4096):
+        opt = oc.adamw(LR, WD)
+        steps[f"(c) grouped, leaves < {threshold}"] = (opt, grouped_step(opt, params, threshold))
+        steps[f"(c) grouped < {threshold}, barrier"] = (opt, grouped_step(opt, params, threshold, True))
+    cases, texts, compiled = {}, {}, {}
+    for name, (opt, step) in steps.items():
+        p = jax.tree.map(jnp.copy, params)
+        start = time.perf_counter()
+        compiled[name] = jax.jit(step, donate_argnums=(0, 1)).lower(p, opt.init(p), grads).compile()
+        print(f"compiled {name} in {time.perf_counter() - start:.1f} s", flush=True)
+        box = [(p, opt.init(p))]
+
+        def run(c=compiled[name], box=box) -> None:
+            box[0] = c(box[0][0], box[0][1], grads)
+            jax.block_until_ready(box[0])
+
+        cases[name], texts[name] = run, compiled[name].as_text()
+
+    # Exactness: three steps of each grouped variant against (a), from the same start.
+    def three(name: str, opt) -> tuple[Any, Any]:
+        p, s = jax.tree.map(jnp.copy, params), opt.init(params)
+        for _ in range(3):
+            p, s = compiled[name](p, s, grads)
+        return p, s
+
+    reference = three("(a) oc.adamw tree", oc.adamw(LR, WD))
+    for name in steps:
+        if name.startswith("(a)"):
+            continue
+        got = three(name, steps[name][0])
+        # Params always; the state too where its structure is oc.adamw's (not optax's).
+        same_tree = jax.tree.structure(reference) == jax.tree.structure(got)
+        pairs = list(zip(*(jax.tree.leaves(r if same_tree else r[0]) for r in (reference, got))))
+        diffs = [float(jnp.max(jnp.abs(a - b))) for a, b in pairs]
+        same = all(bool(jnp.array_equal(a, b)) for a, b in pairs)
+        what = "params and state" if same_tree else "params"
+        print(f"{name} vs (a), 3 steps, {what}: bit-identical {same}, max |difference| {max(diffs):.3g}")
+
+    for name, opt in [("(d) oc.adamw one leaf", oc.adamw(LR, WD)), ("(d) optax.adamw one leaf", None)]:
+        opt = opt or optax.adamw(LR, weight_decay=WD)
+        p = jnp.asarray(rng.standard_normal(total, dtype=np.float32) * 0.02)
+        g = jnp.full(total, 1e-3, jnp.float32)
+        run, text = step_case(plain(opt), p, opt.init(p), g, donate=(0, 1))
+        cases[name], texts[name] = run, text
+
+    found = rotate(cases, args.repeats)
+    leaf = found["(d) oc.adamw one leaf"]
+    print(
+        f"{len(shapes)} leaves, {total:,} float32 parameters, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
+        f"median of {args.repeats} steps, load {os.getloadavg()}"
+    )
+    print(f"{'case':34s} {'ms':>8s} {'/ oc leaf':>10s}")
+    for name, ms in found.items():
+        print(f"{name:34s} {ms:8.2f} {ms / leaf:10.2f}")
+    for name, text in texts.items():
+        print(f"{name:34s} {hlo_counts(text, total)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("experiment", choices=["mof", "layout", "sliced", "schedule", "odd"])
+    parser.add_argument("experiment", choices=["mof", "layout", "sliced", "schedule", "odd", "grouped"])
     parser.add_argument("--size", type=parse_size, default=parse_size("10M"))
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args(argv)
     if args.experiment == "sliced":
         args.size -= args.size % 1048576 or 0
     experiments = {"mof": mof, "layout": layout, "sliced": sliced, "schedule": schedule, "odd": odd}
+    experiments["grouped"] = grouped
     experiments[args.experiment](args)
     return 0
 
