@@ -187,10 +187,10 @@ optimizers:
     seeds = training.first_seed + np.arange(training.seeds)
     hyperparams = experiments._as_arrays(spec, len(seeds))
     assert set(hyperparams) == {"learning_rate", "weight_decay"}
-    compared = Trainer(model, dataset, experiments._passed_in(spec, training), 32, 100)
+    compared = Trainer(model, dataset, build.run_optimizer(spec, training), 32, 100)
     cell = (("learning_rate", 3e-2), ("weight_decay", 1e-2))
     grid = {k: np.full(len(seeds), v, np.float32) for k, v in cell}
-    swept = Trainer(model, dataset, experiments._from_grid(spec, training), 32, 100)
+    swept = Trainer(model, dataset, build.run_optimizer(spec, training), 32, 100)
     np.testing.assert_array_equal(
         compared.run(hyperparams, seeds, training.steps).test_loss,
         swept.run(grid, seeds, training.steps).test_loss,

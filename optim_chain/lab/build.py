@@ -8,6 +8,8 @@ what it returns into the things an experiment runs:
   masks as predicates, its schedules and its parameter groups), the second with every learning
   rate under the experiment's ``training.schedule``. :func:`load_optimizer` does the same for an
   optimizer file.
+* :func:`run_optimizer`: the ``hyperparams -> optimizer`` function the training loops call with
+  each run's learning rate and weight decay.
 * :func:`model`, :func:`load_data` and :func:`load_test_data`: the experiment's Flax model and
   data set.
 * :func:`check`: builds each optimizer of an experiment once, as its runs will, so that a value
@@ -38,7 +40,7 @@ import optim_chain as oc
 from optim_chain import masks
 from optim_chain.lab import config, models
 from optim_chain.lab import data as data_lib
-from optim_chain.lab.config import Experiment, OptimizerSpec, Where
+from optim_chain.lab.config import Experiment, OptimizerSpec, Training, Where
 from optim_chain.transform import Transform
 
 #: What building a transform or schedule raises on a bad argument (a huge integer: OverflowError).
@@ -97,6 +99,21 @@ def scheduled_optimizer(
         given["peak_learning_rate"] = lr
     rest = {k: v for k, v in spec.spec.items() if k != "learning_rate"}
     return _optimizer(rest, spec.where, given)
+
+
+def run_optimizer(spec: OptimizerSpec, training: Training) -> Callable[[Mapping[str, Any]], Transform]:
+    """``hyperparams -> optimizer`` for the training loops: each run's preset arguments (arrays
+    with one entry per run under ``jax.vmap``, so tracers) go in as :func:`scheduled_optimizer`'s
+    overrides, under ``training.schedule`` over ``training.steps``.
+
+    The sweep passes its grid this way, compare its learning rate and weight decay, the timescale
+    study its decays: the compiled programs then treat them alike, as arguments, never as constants.
+    """
+
+    def build(hyperparams: Mapping[str, Any]) -> Transform:
+        return scheduled_optimizer(spec, training.schedule, training.steps, dict(hyperparams))
+
+    return build
 
 
 def load_optimizer(path: str | Path, overrides: Sequence[str] = ()) -> Transform:

@@ -63,11 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     _experiment_arguments(compare, "compare")
     sweep = commands.add_parser("sweep", help="learning-rate x weight-decay heatmaps (the paper's Figure 2)")
     _experiment_arguments(sweep, "sweep")
+    sweep.add_argument("--baseline-runs", type=int, help="runs per optimizer timed one at a time (0: none)")
     timescale = commands.add_parser(
         "timescale", help="does the best AdamW timescale in epochs stay put as the data grows?"
     )
     _experiment_arguments(timescale, "timescale")
-    sweep.add_argument("--baseline-runs", type=int, help="runs per optimizer timed one at a time (0: none)")
     masks = commands.add_parser("masks", help="show which parameters each optimizer of an experiment decays")
     masks.add_argument("--config", help="a compare or sweep YAML file (default: the built-in compare)")
     masks.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

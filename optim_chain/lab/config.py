@@ -41,7 +41,7 @@ split its parameters into torch-style groups, each a ``mask`` and the keywords i
         - {mask: {ndim_at_most: 1}, weight_decay: 0.0}
         - {mask: {path_matches: Embed}, learning_rate: 1.0e-4}
 
-Experiment files (``compare`` and ``sweep``) are described in :func:`load_experiment`.
+Experiment files (``compare``, ``sweep`` and ``timescale``) are described in :func:`load_experiment`.
 
 This module reads and checks; it builds nothing. :mod:`optim_chain.lab.build` turns what it
 returns into optimizers, models and data sets, and :func:`optim_chain.lab.build.check` builds an
@@ -603,8 +603,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], where: Where)
 def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str] = ()) -> Experiment:
     """Reads and checks a ``compare``, ``sweep`` or ``timescale`` experiment.
 
-    Keys (all optional; a section left out is the default experiment's, :data:`DEFAULT_COMPARE`
-    or :data:`DEFAULT_SWEEP`; a key left out of a section given is that section's own default):
+    Keys (all optional; a section left out is the default experiment's, :data:`DEFAULT_COMPARE`,
+    :data:`DEFAULT_SWEEP` or :data:`DEFAULT_TIMESCALE`; a key left out of a section given is that
+    section's own default):
 
     * ``name``: results go to ``runs/<name>/``.
     * ``data``: ``{name: mnist1d | digits | text, ...}`` with the keyword arguments of
@@ -648,8 +649,8 @@ def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str]
         raise where.child("name").error(f"must be a plain file name (letters, digits, _ . -), got {name!r}")
     dataset = _data(raw.get("data", default["data"]), where.child("data"))
     model = _model(raw.get("model", default["model"]), dataset["name"], where.child("model"))
-    training = _training(_mapping(raw.get("training", default["training"]), where.child("training")),
-                         where.child("training"))
+    training_raw = _mapping(raw.get("training", default["training"]), where.child("training"))
+    training = _training(training_raw, where.child("training"))
     base = Path(path).parent if path is not None else Path(".")
     optimizers_raw = _mapping(raw.get("optimizers", default["optimizers"]), where.child("optimizers"))
     if not optimizers_raw:

@@ -32,14 +32,6 @@ def _mean_std(values: np.ndarray, scale: float = 1.0, digits: int = 3) -> str:
     return f"{values.mean():.{digits}f} ± {values.std():.{digits}f}"
 
 
-
-
-
-
-
-
-
-
 # ----------------------------------------------------------------------------------- compare
 
 
@@ -71,7 +63,7 @@ def compare(
     for label, spec in experiment.optimizers.items():
         bar.set_description(f"compare: {label}")
         hyperparams = _as_arrays(spec, len(seeds))
-        optimizer = _passed_in(spec, training)
+        optimizer = build.run_optimizer(spec, training)
         trainer = Trainer(model, dataset, optimizer, training.batch_size, training.eval_every)
         run = trainer.run(hyperparams, seeds, training.steps, progress=bar.update)
         transform = build.scheduled_optimizer(spec, training.schedule, training.steps)
@@ -177,7 +169,8 @@ PASSED_IN = ("learning_rate", "weight_decay")
 def _as_arrays(spec: OptimizerSpec, runs: int) -> dict[str, np.ndarray]:
     """A preset's numeric learning rate and weight decay, one float32 entry per run.
 
-    Compare hands them to the compiled program as arguments, as the sweep does with its grid,
+    Compare hands them to the compiled program as arguments (see
+    :func:`optim_chain.lab.build.run_optimizer`), as the sweep does with its grid,
     rather than folding them in as constants: the two programs then round alike, and a compare
     at a sweep's tuned cell on the sweep's test seeds repeats the sweep's test runs exactly.
     """
@@ -189,13 +182,6 @@ def _as_arrays(spec: OptimizerSpec, runs: int) -> dict[str, np.ndarray]:
         for key, value in values.items()
         if isinstance(value, (int, float)) and not isinstance(value, bool)
     }
-
-
-def _passed_in(spec: OptimizerSpec, training: Any) -> Callable[[Any], Any]:
-    def optimizer(hyperparams: Any) -> Any:
-        return build.scheduled_optimizer(spec, training.schedule, training.steps, dict(hyperparams))
-
-    return optimizer
 
 
 def _ci_text(interval: dict[str, Any] | None, scale: float = 100.0, digits: int = 2) -> str:
@@ -237,8 +223,6 @@ def _chain_listing(title: str, results: dict[str, Any]) -> list[str]:
     for label, r in results.items():
         lines += [f"**{label}**", "", "```", r["chain"], "```", ""]
     return lines
-
-
 
 
 def _compare_summary(
@@ -325,9 +309,8 @@ def sweep(
         }
         cells = len(lr_flat)
         bar.set_description(f"sweep: {label} ({cells} runs at once)")
-        trainer = Trainer(
-            model, dataset, _from_grid(spec, training), training.batch_size, training.eval_every
-        )
+        optimizer = build.run_optimizer(spec, training)
+        trainer = Trainer(model, dataset, optimizer, training.batch_size, training.eval_every)
         run = trainer.run(
             hyperparams, seed_flat, training.steps, progress=lambda n, cells=cells: bar.update(n * cells)
         )
@@ -469,7 +452,8 @@ def _final_test(
     """
     training = experiment.training
     seeds = training.first_seed + FINAL_SEED_OFFSET + np.arange(training.final_seeds)
-    trainer = Trainer(model, dataset, _from_grid(spec, training), training.batch_size, training.eval_every)
+    optimizer = build.run_optimizer(spec, training)
+    trainer = Trainer(model, dataset, optimizer, training.batch_size, training.eval_every)
     hyperparams = {
         "learning_rate": np.full(len(seeds), lr, np.float32),
         "weight_decay": np.full(len(seeds), wd, np.float32),
@@ -538,18 +522,6 @@ def _claims(results: dict[str, Any], worst: float) -> list[dict[str, Any]]:
     return claims
 
 
-def _from_grid(spec: OptimizerSpec, training: Any) -> Callable[[Any], Any]:
-    def optimizer(hyperparams: Any) -> Any:
-        return build.scheduled_optimizer(
-            spec,
-            training.schedule,
-            training.steps,
-            {"learning_rate": hyperparams["learning_rate"], "weight_decay": hyperparams["weight_decay"]},
-        )
-
-    return optimizer
-
-
 def _sequential_timing(
     trainer: Trainer, hyperparams: dict[str, np.ndarray], seeds: np.ndarray, runs: int, steps: int
 ) -> dict[str, Any]:
@@ -606,29 +578,22 @@ def _timing_text(speed: dict[str, Any]) -> str:
     )
 
 
-def _bracket(interval: dict[str, Any] | None, digits: int) -> str:
-    """`` [low, high]`` of a bootstrap interval, or nothing where there is none."""
-    if interval is None or not all(np.isfinite(interval["ci95"])):
-        return ""
-    low, high = interval["ci95"]
-    return f" [{low:+.{digits}f}, {high:+.{digits}f}]"
-
-
 def _sweep_table(results: dict[str, Any], split: str) -> str:
     rows = []
     for label, r in results.items():
         sep = r["separability"]
         best = r["best"]
         ci = r.get("separability_ci95", {})
+        used = int(np.sum(sep["rows_used"]))
         rows.append(
             [
                 label,
                 f"{best['learning_rate']:.1e}",
                 f"{best['weight_decay']:.1e}",
                 f"{100 * best['test_error']:.2f} %",
-                f"{sep['slope']:+.2f}{_bracket(ci.get('slope'), 2)} ({int(np.sum(sep['rows_used']))} lrs)",
+                f"{sep['slope']:+.2f}{reports.bracket(ci.get('slope'), 2)} ({used} lrs)",
                 f"{sep['spread_decades']:.1f}",
-                f"{sep['interaction']:.3f}{_bracket(ci.get('interaction'), 3)}",
+                f"{sep['interaction']:.3f}{reports.bracket(ci.get('interaction'), 3)}",
             ]
         )
     header = [

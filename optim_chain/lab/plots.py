@@ -15,6 +15,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
+from optim_chain.lab import reports
 from optim_chain.lab.diagnostics import Separability
 
 COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
@@ -98,14 +99,6 @@ def effective_decay(
     ax.set_title(title or "effective weight decay of each decayed weight, at the end of training")
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=110)
-
-
-def _interval(interval: Mapping[str, Any] | None) -> str:
-    """`` [low, high]`` of a 95% interval for a title, or nothing."""
-    if not interval or not all(np.isfinite(interval["ci95"])):
-        return ""
-    low, high = interval["ci95"]
-    return f" [{low:+.2f}, {high:+.2f}]"
 
 
 def heatmaps(
@@ -198,9 +191,9 @@ def heatmaps(
             slope = f"{sep.slope:+.2f}" if np.isfinite(sep.slope) else "n/a"
             ci = panel.get("separability_ci95", {})
             ax.set_title(
-                f"{panel['label']}: slope {slope}{_interval(ci.get('slope'))}, spread "
+                f"{panel['label']}: slope {slope}{reports.bracket(ci.get('slope'), 2)}, spread "
                 f"{sep.spread_decades:.1f} dec,\ninteraction {sep.interaction:.2f}"
-                f"{_interval(ci.get('interaction'))}",
+                f"{reports.bracket(ci.get('interaction'), 2)}",
                 fontsize=9,
             )
             fig.colorbar(image, ax=ax, label=metric_name, shrink=0.85)

@@ -103,3 +103,11 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 def title(kind: str, name: str) -> str:
     """The summary's heading: the command, and the run's name where it says more."""
     return f"# optim-chain {kind}" if name == kind else f"# optim-chain {kind}: {name}"
+
+
+def bracket(interval: dict[str, Any] | None, digits: int) -> str:
+    """`` [low, high]`` of a 95% interval (signed, ``digits`` decimals), or nothing where there is none."""
+    if not interval or not all(np.isfinite(interval["ci95"])):
+        return ""
+    low, high = interval["ci95"]
+    return f" [{low:+.{digits}f}, {high:+.{digits}f}]"

@@ -13,7 +13,8 @@ halve each time the data set doubles.
 ``study.timescales`` by :func:`optim_chain.weight_decay_from_timescale`, every (size, timescale)
 over ``training.seeds`` seeds as one vmapped program per size, and reads the validation split.
 For each size the best ``log2 tau_epoch`` is the vertex of the parabola through the grid's best
-point and its two neighbours (validation error, mean over seeds); the slope of that against
+point and its two neighbours (validation error, and separately validation loss, each a mean over
+seeds); the slope of that against
 ``log2(train size)`` is 0 under the claim and -1 under a fixed ``lambda``. Its 95% interval is a
 bootstrap over seeds, and the verdict is *reproduced* when the interval holds 0 and excludes -1,
 *not reproduced* when it excludes 0, *inconclusive* otherwise.
@@ -39,7 +40,7 @@ import numpy as np
 
 import optim_chain as oc
 from optim_chain.lab import build, plots, reports, statistics
-from optim_chain.lab.config import Experiment, OptimizerSpec, Training, Where, numbers_in_text
+from optim_chain.lab.config import Experiment, OptimizerSpec, Where, numbers_in_text
 from optim_chain.lab.training import Trainer
 
 #: What each run is scored by on the validation split: the error, and the cross-entropy loss.
@@ -84,29 +85,29 @@ def verdict(low: float, high: float) -> str:
     return "inconclusive"
 
 
-def best_per_size(per_seed_error: np.ndarray, log_timescales: np.ndarray) -> np.ndarray:
-    """``float[sizes]``: the best ``log2 tau_epoch`` of each size from ``error[seed, size, tau]``."""
-    mean = np.asarray(per_seed_error, np.float64).mean(0)
+def best_per_size(per_seed: np.ndarray, log_timescales: np.ndarray) -> np.ndarray:
+    """``float[sizes]``: the best ``log2 tau_epoch`` of each size from ``metric[seed, size, tau]``."""
+    mean = np.asarray(per_seed, np.float64).mean(0)
     return np.array([best_log_timescale(row, log_timescales) for row in mean])
 
 
 def analyse(
-    per_seed_error: np.ndarray, train_sizes: np.ndarray, timescales: np.ndarray
+    per_seed: np.ndarray, train_sizes: np.ndarray, timescales: np.ndarray
 ) -> dict[str, Any]:
     """Best timescale per size, the slope against size and the verdict, with bootstrap intervals.
 
     Args:
-      per_seed_error: ``float[seeds, sizes, timescales]`` validation errors.
+      per_seed: ``float[seeds, sizes, timescales]`` validation errors or losses (lower is better).
       train_sizes: the training-set sizes.
       timescales: the ``tau_epoch`` values.
     """
     log_sizes, log_taus = np.log2(train_sizes), np.log2(timescales)
     per_size = [
-        statistics.bootstrap(lambda sample, k=k: best_per_size(sample, log_taus)[k], per_seed_error).as_dict()
+        statistics.bootstrap(lambda sample, k=k: best_per_size(sample, log_taus)[k], per_seed).as_dict()
         for k in range(len(train_sizes))
     ]
     fitted = statistics.bootstrap(
-        lambda sample: slope(log_sizes, best_per_size(sample, log_taus)), per_seed_error
+        lambda sample: slope(log_sizes, best_per_size(sample, log_taus)), per_seed
     )
     return {
         "best_log2_tau_epoch": per_size,
@@ -130,15 +131,6 @@ def weight_decays(spec: OptimizerSpec, timescales: np.ndarray, iterations_per_ep
     )
 
 
-def _builder(spec: OptimizerSpec, training: Training) -> Callable[[Any], Any]:
-    def optimizer(hyperparams: Any) -> Any:
-        return build.scheduled_optimizer(
-            spec, training.schedule, training.steps, {"weight_decay": hyperparams["weight_decay"]}
-        )
-
-    return optimizer
-
-
 def timescale(
     experiment: Experiment,
     out_dir: str | Path = "runs",
@@ -147,9 +139,9 @@ def timescale(
 ) -> dict[str, Any]:
     """Runs a ``timescale`` experiment and writes ``<out_dir>/<name>/``; returns the metrics.
 
-    Writes ``summary.md`` (best timescale per size with intervals, the slope, the verdict),
-    ``metrics.json`` and ``timescale.png`` (validation error against ``tau_epoch``, one curve per
-    training-set size).
+    Writes ``summary.md`` (for each metric, the best timescale per size with intervals, the slope
+    and the verdict), ``metrics.json`` and ``timescale.png`` (validation error and loss against
+    ``tau_epoch``, one curve per training-set size).
     """
     start = time.perf_counter()
     study, training = experiment.study, experiment.training
@@ -179,7 +171,7 @@ def timescale(
             wd = weight_decays(spec, taus, n / training.batch_size)
             decays.append(wd)
             run_training = dataclasses.replace(training, steps=steps[n])
-            optimizer = _builder(spec, run_training)
+            optimizer = build.run_optimizer(spec, run_training)
             trainer = Trainer(model, dataset, optimizer, training.batch_size, training.eval_every)
             wd_flat, seed_flat = (a.ravel() for a in np.meshgrid(wd, seeds, indexing="ij"))
             hyperparams = {"weight_decay": wd_flat.astype(np.float32)}
