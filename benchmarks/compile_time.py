@@ -9,6 +9,10 @@ the ratio of the medians of the totals. BENCHMARKS.md records what it measured.
     python benchmarks/compile_time.py presets            # 1M parameters, one leaf and the tree
     python benchmarks/compile_time.py presets --mask     # the same with mask=DEFAULT_DECAY
     python benchmarks/compile_time.py leaves             # 64 to 4,096 leaves, adamw
+    python benchmarks/compile_time.py presets --single-pass  # oc.single_pass(preset), plain, optax
+
+``--single-pass`` runs in a child process with XLA:CPU's multi-output fusion switched on (the
+flag ``single_pass`` is made for), for all three implementations alike.
 
 Options: ``--repeats 9`` (compilations per case), ``--optimizers adamw,adam_l2,adam``,
 ``--leaves 64,256,1024,4096``.
@@ -17,7 +21,9 @@ Options: ``--repeats 9`` (compilations per case), ``--optimizers adamw,adam_l2,a
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +47,18 @@ def ours(name: str, mask: Any) -> Any:
     if name == "adam_l2":
         return oc.adam_l2(LR, weight_decay=WD, **decay)
     return oc.adam(LR)
+
+
+def implementations(name: str, mask: Any, single_pass: bool) -> dict[str, Callable[[], Any]]:
+    """Builders of the cases of one row, optax last (the ratios are taken against it).
+
+    Every compilation builds its optimizer afresh, as a program does once: nothing an optimizer
+    caches (``single_pass`` keeps its inner trace) carries over from one compilation to the next.
+    """
+    cases = {"optim_chain": lambda: ours(name, mask), "optax": lambda: theirs(name, mask)}
+    if single_pass:
+        cases = {"single_pass": lambda: oc.single_pass(ours(name, mask)), **cases}
+    return cases
 
 
 def theirs(name: str, mask: Any) -> Any:
@@ -69,15 +87,15 @@ def phases(opt: Any, params: Any, grads: Any, state: Any) -> tuple[float, float,
     return traced_at - start, lowered_at - traced_at, time.perf_counter() - lowered_at
 
 
-def compare(label: str, cases: dict[str, Any], params: Any, grads: Any, repeats: int) -> None:
+def compare(label: str, cases: dict[str, Callable[[], Any]], params: Any, grads: Any, repeats: int) -> None:
     """Compiles every case ``repeats`` times in turns after one untimed round; prints a row each."""
-    states = {name: jax.jit(opt.init)(params) for name, opt in cases.items()}
+    states = {name: jax.jit(build().init)(params) for name, build in cases.items()}
     jax.block_until_ready(states)
     times: dict[str, list[tuple[float, float, float]]] = {name: [] for name in cases}
     names = list(cases)
     for round_ in range(repeats + 1):
         for name in names if round_ % 2 == 0 else names[::-1]:
-            timing = phases(cases[name], params, grads, states[name])
+            timing = phases(cases[name](), params, grads, states[name])
             if round_:
                 times[name].append(timing)
     totals = {name: statistics.median(sum(t) for t in ts) for name, ts in times.items()}
@@ -107,7 +125,7 @@ def presets(args: argparse.Namespace) -> None:
         for name in args.optimizers:
             if mask is not None and name == "adam":
                 continue
-            cases = {"optim_chain": ours(name, mask), "optax": theirs(name, mask)}
+            cases = implementations(name, mask, args.single_pass)
             compare(
                 f"1M {layout} {name}{' masked' if mask is not None else ''}",
                 cases,
@@ -133,7 +151,7 @@ def leaves(args: argparse.Namespace) -> None:
     for count in args.leaves:
         params, grads = many_leaves(count)
         for name in args.optimizers:
-            cases = {"optim_chain": ours(name, None), "optax": theirs(name, None)}
+            cases = implementations(name, None, args.single_pass)
             compare(f"{count} leaves {name}", cases, params, grads, args.repeats)
 
 
@@ -147,11 +165,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--mask", action="store_true", help="presets: mask=oc.masks.DEFAULT_DECAY")
+    parser.add_argument(
+        "--single-pass",
+        action="store_true",
+        help="add oc.single_pass(preset); every case compiled with multi-output fusion",
+    )
     parser.add_argument("--optimizers", type=lambda s: s.split(","), default=None)
     parser.add_argument(
         "--leaves", type=lambda s: [int(x) for x in s.split(",")], default=[64, 256, 1024, 4096]
     )
     args = parser.parse_args(argv)
+    if args.single_pass and not oc.multi_output_fusion_enabled():
+        # XLA reads its flags once, when jax starts: run again in a child that has the flag
+        flags = f"{os.environ.get('XLA_FLAGS', '')} {oc.MULTI_OUTPUT_FUSION_FLAG}".strip()
+        command = [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv)]
+        return subprocess.run(command, env=dict(os.environ, XLA_FLAGS=flags)).returncode
     if args.optimizers is None:
         args.optimizers = ["adamw", "adam_l2", "adam"] if args.experiment == "presets" else ["adamw"]
     EXPERIMENTS[args.experiment](args)

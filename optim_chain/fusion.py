@@ -82,6 +82,11 @@ def _through_identity(tree: Any, group: int) -> Any:
     return jax.tree.map(leaf, tree)
 
 
+def _all_arrays(tree: Any) -> bool:
+    """Whether every leaf of ``tree`` is an array (a jax array or tracer, or a NumPy array)."""
+    return all(isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in jax.tree.leaves(tree))
+
+
 def single_pass(inner: optax.GradientTransformation) -> Transform:
     r"""Computes each output of ``inner`` from the step's inputs, so that a step fuses into one pass.
 
@@ -99,9 +104,11 @@ def single_pass(inner: optax.GradientTransformation) -> Transform:
     .. math:: (\theta_{t-1}, g_t, m_{t-1}, v_{t-1}) \mapsto (\theta_t, m_t, v_t)
        \quad\text{in one pass.}
 
-    Tracing costs one run of ``inner.update`` per group (three for Adam); the compiler removes
-    what each run does not need. Up to four groups get their own run; a fifth and later share
-    the plain run (the same values, no longer one pass).
+    The runs are calls of one ``jax.jit`` of ``inner.update``, traced once per input shapes
+    (when every input leaf is an array) and lowered to one function that each run calls, so
+    that compiling costs about what the plain transform's does; the compiler inlines the calls
+    and removes what each run does not need. Up to four groups get their own run; a fifth and
+    later share the plain run (the same values, no longer one pass).
 
     Args:
       inner: any gradient transformation: a preset, a chain of primitives, an optax optimizer.
@@ -141,16 +148,25 @@ def single_pass(inner: optax.GradientTransformation) -> Transform:
             )
         return inner.init(params)
 
+    def run(updates: Any, state: Any, params: Any, extra: dict[str, Any]) -> tuple[Any, Any]:
+        return inner.update(updates, state, params, **extra)
+
+    # Traced once per input shapes and reused by every group: the runs cost one trace of
+    # ``inner`` (and lower to one function called once per group) instead of one trace each.
+    traced_run = jax.jit(run)
+
     def update(updates: Any, state: Any, params: Any = None, **extra: Any) -> tuple[Any, Any]:
-        new_updates, new_state = inner.update(updates, state, params, **extra)
         if params is None:
-            return new_updates, new_state
+            return inner.update(updates, state, params, **extra)
+        # a leaf that is not an array (a Python flag, say) would become a tracer inside jit
+        call = traced_run if _all_arrays((updates, state, params, extra)) else run
+        new_updates, new_state = call(updates, state, params, extra)
         is_group = shaped_like(params)
         nodes, treedef = jax.tree.flatten(new_state, is_leaf=is_group)
         groups = [i for i, node in enumerate(nodes) if is_group(node)][: len(_IDENTITIES)]
         for group, index in enumerate(groups):
             inputs = _through_identity((updates, state, params), group)
-            _, group_state = inner.update(*inputs, **extra)
+            _, group_state = call(*inputs, extra)
             nodes[index] = jax.tree.flatten(group_state, is_leaf=is_group)[0][index]
         return new_updates, jax.tree.unflatten(treedef, nodes)
 

@@ -143,6 +143,48 @@ def test_works_under_vmap_and_without_params():
     np.testing.assert_array_equal(out["w"], -0.1 * np.ones(3))
 
 
+def _counting(inner):
+    """``inner`` with a count of the Python runs (traces or eager calls) of its ``update``."""
+    runs = []
+
+    def update(updates, state, params=None, **extra):
+        runs.append(1)
+        return inner.update(updates, state, params, **extra)
+
+    return optax.GradientTransformationExtraArgs(inner.init, update), runs
+
+
+def test_traces_the_inner_transform_once_for_all_groups():
+    inner, runs = _counting(oc.adamw(1e-2, weight_decay=0.1))  # three groups: update, m, v
+    opt = oc.single_pass(inner)
+    params = _params(jnp.float32)
+    step = jax.jit(opt.update)
+    state = opt.init(params)
+    updates, state = step(params, state, params)
+    assert len(runs) == 1
+    step(params, state, params)  # the same shapes: no new trace
+    assert len(runs) == 1
+    expected, _ = jax.jit(oc.adamw(1e-2, weight_decay=0.1).update)(params, opt.init(params), params)
+    _assert_same_to_rounding(updates, expected)
+
+
+def test_python_values_among_the_inputs_run_as_they_are():
+    """A leaf that is not an array would turn into a tracer under jit: each run is then plain."""
+    inner = oc.adamw(1e-2, weight_decay=0.1)
+
+    def update(updates, state, params=None, *, halve=False):
+        if halve:  # Python control flow on a Python bool
+            updates = jax.tree.map(lambda g: g / 2, updates)
+        return inner.update(updates, state, params)
+
+    opt = oc.single_pass(optax.GradientTransformationExtraArgs(inner.init, update))
+    params = _params(jnp.float32)
+    got, _ = jax.jit(lambda p, s: opt.update(p, s, p, halve=True))(params, opt.init(params))
+    halved = jax.tree.map(lambda g: g / 2, params)
+    expected, _ = jax.jit(inner.update)(halved, inner.init(params), params)
+    _assert_same_to_rounding(got, expected)
+
+
 def test_is_a_transform_with_its_inner_part():
     inner = oc.adamw(1e-3, weight_decay=0.1)
     opt = oc.single_pass(inner)

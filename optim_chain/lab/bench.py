@@ -367,11 +367,17 @@ def torch_optimizer(torch: Any, name: str, tensors: list, variant: str) -> Any:
 
 
 def jax_runner(
-    label: dict[str, Any], opt: Any, params: Any, grads: Any, donate: bool, compiles: int = 3
+    label: dict[str, Any],
+    build: Callable[[], Any],
+    params: Any,
+    grads: Any,
+    donate: bool,
+    compiles: int = 3,
 ) -> Runner:
     """Compiles the jitted step ``(params, grads, state) -> (params, state)`` for timing.
 
-    The compile time (tracing, lowering and XLA) is the median of ``compiles`` compilations.
+    The compile time (tracing, lowering and XLA) is the median of ``compiles`` compilations,
+    each of a new step with a new optimizer from ``build()``, as a program compiles once.
     """
     import jax
     import jax.numpy as jnp
@@ -380,7 +386,10 @@ def jax_runner(
     from optim_chain import _hlo
 
     def make_step() -> Callable:
-        # a new function each time, so that nothing traced or compiled before is reused
+        # a new function and optimizer each time, so that nothing traced or compiled before is
+        # reused (single_pass keeps the trace of its inner transform)
+        opt = build()
+
         def step(params: Any, grads: Any, state: Any) -> tuple[Any, Any]:
             updates, state = opt.update(grads, state, params)
             return optax.apply_updates(params, updates), state
@@ -388,7 +397,7 @@ def jax_runner(
         return jax.jit(step, donate_argnums=(0, 2) if donate else ())
 
     params = jax.tree.map(jnp.copy, params)
-    state = jax.jit(opt.init)(params)
+    state = jax.jit(build().init)(params)
     jax.block_until_ready((params, state))  # so that the compile time below is compile time only
     compile_times = []
     for _ in range(compiles):
@@ -500,7 +509,14 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                 for donate in donations:
                     label = {**base, "donated": donate}
                     runners = [
-                        jax_runner({**label, "impl": impl}, make(name), params, grads, donate, compiles)
+                        jax_runner(
+                            {**label, "impl": impl},
+                            functools.partial(make, name),
+                            params,
+                            grads,
+                            donate,
+                            compiles,
+                        )
                         for impl, make in implementations.items()
                     ]
                     groups.append((jax_streams, runners))
