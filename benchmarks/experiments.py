@@ -10,6 +10,7 @@ they measured.
     python benchmarks/experiments.py schedule # leaf by leaf: XLA's memory-optimized scheduler
     python benchmarks/experiments.py odd      # 256 one-dimensional leaves of odd and even lengths
     python benchmarks/experiments.py grouped  # 1,024 leaves: small leaves concatenated inside the step
+    python benchmarks/experiments.py overhead # 1,024 leaves: the cost of the tree itself, and flat state
 
 Options: ``--size 10M`` (parameters, one float32 leaf), ``--repeats 15``.
 """
@@ -483,11 +484,114 @@ def grouped(args: argparse.Namespace) -> None:
         print(f"{name:34s} {hlo_counts(text, total)}")
 
 
+def _arrays(shapes: dict, scale: float, rng: np.random.Generator) -> dict:
+    return {k: jnp.asarray(rng.standard_normal(s, dtype=np.float32) * scale) for k, s in shapes.items()}
+
+
+def sgd_step(p, g):
+    """The least a step can do: read ``theta, g`` and write ``theta`` (one loop per leaf)."""
+    return jax.tree.map(lambda x, y: x - LR * y, p, g)
+
+
+def flat_adamw_step(shapes: dict, write: str) -> Callable:
+    """AdamW on a tree whose ``m`` and ``v`` are each one flat vector (the params stay a tree).
+
+    Each leaf reads its slice of the old ``m`` and ``v``; the new ones are written back either
+    by one ``concatenate`` of all leaves or by one in-place ``dynamic_update_slice`` per leaf.
+    """
+    keys = sorted(shapes)
+    sizes = {k: int(np.prod(shapes[k])) for k in keys}
+    offsets = dict(zip(keys, np.cumsum([0] + [sizes[k] for k in keys])[:-1].tolist()))
+
+    def step(p, m, v, count, g):
+        count = count + 1
+        c1, c2 = 1 - B1**count, 1 - B2**count
+        new_p, ms, vs = {}, [], []
+        for k in keys:
+            start, n = offsets[k], sizes[k]
+            mk = B1 * m[start : start + n].reshape(shapes[k]) + (1 - B1) * g[k]
+            vk = B2 * v[start : start + n].reshape(shapes[k]) + (1 - B2) * g[k] * g[k]
+            new_p[k] = p[k] - LR * ((mk / c1) / (jnp.sqrt(vk / c2) + EPS) + WD * p[k])
+            ms.append(mk.ravel())
+            vs.append(vk.ravel())
+        if write == "concatenate":
+            return new_p, jnp.concatenate(ms), jnp.concatenate(vs), count
+        for k, mk, vk in zip(keys, ms, vs):
+            m = jax.lax.dynamic_update_slice(m, mk, (offsets[k],))
+            v = jax.lax.dynamic_update_slice(v, vk, (offsets[k],))
+        return new_p, m, v, count
+
+    return step
+
+
+def overhead(args: argparse.Namespace) -> None:
+    """What 1,024 leaves cost by themselves, and AdamW with its state in flat vectors."""
+    shapes = tree_1024()
+    total = sum(int(np.prod(s)) for s in shapes.values())
+    tiny = {f"t{i:04d}": (8,) for i in range(1024)}
+    rng = np.random.default_rng(0)
+    cases, texts = {}, {}
+
+    def donated(name: str, step: Callable, state: tuple, grads: Any, donate: tuple[int, ...]) -> None:
+        compiled = jax.jit(step, donate_argnums=donate).lower(*state, grads).compile()
+        box = [state]
+
+        def run() -> None:
+            box[0] = compiled(*box[0], grads)
+            if not isinstance(box[0], tuple):
+                box[0] = (box[0],)
+            jax.block_until_ready(box[0])
+
+        cases[name], texts[name] = run, compiled.as_text()
+
+    def adamw(p, s, g):
+        updates, s = oc.adamw(LR, WD).update(g, s, p)
+        return optax.apply_updates(p, updates), s
+
+    def optax_flat(p, s, g):
+        updates, s = optax.flatten(optax.adamw(LR, weight_decay=WD)).update(g, s, p)
+        return optax.apply_updates(p, updates), s
+
+    for label, layout in (("one leaf", {"w": (total,)}), ("1,024 leaves", shapes), ("1,024 x (8,)", tiny)):
+        p, g = _arrays(layout, 0.02, rng), _arrays(layout, 1e-3, rng)
+        donated(f"oc.adamw, {label}", adamw, (p, oc.adamw(LR, WD).init(p)), g, (0, 1))
+        donated(f"p - lr * g, {label}", sgd_step, (jax.tree.map(jnp.copy, p),), g, (0,))
+    p, g = _arrays(shapes, 0.02, rng), _arrays(shapes, 1e-3, rng)
+    flat_opt = optax.flatten(optax.adamw(LR, weight_decay=WD))
+    donated("optax.flatten(optax.adamw), 1,024 leaves", optax_flat, (p, flat_opt.init(p)), g, (0, 1))
+    for write in ("concatenate", "dynamic_update_slice"):
+        zeros = jnp.zeros(total, jnp.float32)
+        state = (jax.tree.map(jnp.copy, p), zeros, jnp.copy(zeros), jnp.zeros((), jnp.int32))
+        donated(f"flat m, v ({write}), 1,024 leaves", flat_adamw_step(shapes, write), state, g, (0, 1, 2))
+
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    for label, layout in (("one leaf", {"w": (total,)}), ("1,024 leaves", shapes)) if torch else ():
+        tensors = [torch.from_numpy(np.array(x)) for x in _arrays(layout, 0.02, rng).values()]
+        for tensor, grad in zip(tensors, _arrays(layout, 1e-3, rng).values()):
+            tensor.grad = torch.from_numpy(np.array(grad))
+        torch_opt = torch.optim.AdamW(tensors, lr=LR, betas=(B1, B2), eps=EPS, weight_decay=WD, fused=True)
+        cases[f"torch AdamW(fused=True), {label}"] = torch_opt.step
+
+    found = rotate(cases, args.repeats)
+    leaf = found["oc.adamw, one leaf"]
+    print(f"{total:,} float32 parameters, median of {args.repeats} steps, load {os.getloadavg()}")
+    print(f"{'case':44s} {'ms':>8s} {'/ oc.adamw leaf':>16s}")
+    for name, ms in found.items():
+        print(f"{name:44s} {ms:8.2f} {ms / leaf:16.2f}")
+    for name, text in texts.items():
+        print(f"{name:44s} {hlo_counts(text, total)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("experiment", choices=["mof", "layout", "sliced", "schedule", "odd", "grouped"])
+    parser.add_argument(
+        "experiment", choices=["mof", "layout", "sliced", "schedule", "odd", "grouped", "overhead"]
+    )
     parser.add_argument("--size", type=parse_size, default=parse_size("10M"))
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args(argv)
@@ -495,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         args.size -= args.size % 1048576 or 0
     experiments = {"mof": mof, "layout": layout, "sliced": sliced, "schedule": schedule, "odd": odd}
     experiments["grouped"] = grouped
+    experiments["overhead"] = overhead
     experiments[args.experiment](args)
     return 0
 
