@@ -82,9 +82,11 @@ def _through_identity(tree: Any, group: int) -> Any:
     return jax.tree.map(leaf, tree)
 
 
-def _all_arrays(tree: Any) -> bool:
-    """Whether every leaf of ``tree`` is an array (a jax array or tracer, or a NumPy array)."""
-    return all(isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in jax.tree.leaves(tree))
+def _traced_arrays(tree: Any) -> bool:
+    """Whether every leaf of ``tree`` is an array and some are tracers (the step is being traced)."""
+    leaves = jax.tree.leaves(tree)
+    arrays = all(isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in leaves)
+    return arrays and any(isinstance(x, jax.core.Tracer) for x in leaves)
 
 
 def single_pass(inner: optax.GradientTransformation) -> Transform:
@@ -104,11 +106,12 @@ def single_pass(inner: optax.GradientTransformation) -> Transform:
     .. math:: (\theta_{t-1}, g_t, m_{t-1}, v_{t-1}) \mapsto (\theta_t, m_t, v_t)
        \quad\text{in one pass.}
 
-    The runs are calls of one ``jax.jit`` of ``inner.update``, traced once per input shapes
-    (when every input leaf is an array) and lowered to one function that each run calls, so
-    that compiling costs about what the plain transform's does; the compiler inlines the calls
-    and removes what each run does not need. Up to four groups get their own run; a fifth and
-    later share the plain run (the same values, no longer one pass).
+    Under a trace the runs are calls of one ``jax.jit`` of ``inner.update``, traced once per
+    input shapes (when every input leaf is an array) and lowered to one function that each run
+    calls, so that compiling costs about what the plain transform's does; the compiler inlines
+    the calls and removes what each run does not need. Called eagerly, each run executes
+    ``inner.update`` operation by operation, exactly as ``inner`` does. Up to four groups get
+    their own run; a fifth and later share the plain run (the same values, no longer one pass).
 
     Args:
       inner: any gradient transformation: a preset, a chain of primitives, an optax optimizer.
@@ -158,8 +161,9 @@ def single_pass(inner: optax.GradientTransformation) -> Transform:
     def update(updates: Any, state: Any, params: Any = None, **extra: Any) -> tuple[Any, Any]:
         if params is None:
             return inner.update(updates, state, params, **extra)
-        # a leaf that is not an array (a Python flag, say) would become a tracer inside jit
-        call = traced_run if _all_arrays((updates, state, params, extra)) else run
+        # Eagerly, every operation runs on its own, as in ``inner``: no compiling. A leaf that is
+        # not an array (a Python flag, say) would become a tracer inside jit.
+        call = traced_run if _traced_arrays((updates, state, params, extra)) else run
         new_updates, new_state = call(updates, state, params, extra)
         is_group = shaped_like(params)
         nodes, treedef = jax.tree.flatten(new_state, is_leaf=is_group)
