@@ -30,14 +30,17 @@ def test_parse_size_refuses_bad_sizes(text):
         bench.parse_size(text)
 
 
-@pytest.mark.parametrize("size", [10**6, 5 * 10**7])
-def test_transformer_tree_has_150_plus_leaves_and_the_requested_size(size):
-    shapes = bench.transformer_shapes(size)
+@pytest.mark.parametrize("size", [10**6, 2 * 10**7, 5 * 10**7])
+@pytest.mark.parametrize(("layout", "count"), [("tree", 160), ("deep", 1024)])
+def test_transformer_trees_have_their_leaf_count_and_the_requested_size(size, layout, count):
+    shapes = bench.transformer_shapes(size, layers=bench.LAYERS[layout])
     leaves = jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple))
     total = sum(int(np.prod(s)) for s in leaves)
     width = shapes["ln_f"]["scale"][0]
-    assert len(leaves) >= 150
+    assert len(leaves) == count
     assert size - width < total <= size
+    if layout == "deep":  # the many-leaves case: two thirds of the leaves are vectors
+        assert sum(len(s) == 1 for s in leaves) == 2 + 8 * 85
 
 
 def test_bad_arguments_exit_with_a_message(capsys):

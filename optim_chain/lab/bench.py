@@ -36,7 +36,9 @@ from typing import Any
 BYTES_FLOOR = 28  # AdamW/Adam in float32: read p, g, m, v and write p, m, v
 HYPER = {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-2}
 OPTIMIZERS = ("adamw", "adam_l2", "adam")
-LAYOUTS = ("leaf", "tree")
+LAYOUTS = ("leaf", "tree", "deep")
+#: Blocks of the layouts' transformer-like trees: 13 give 160 leaves, 85 give 1,024.
+LAYERS = {"tree": 13, "deep": 85}
 DEFAULT_SIZES = "1M,10M,50M"
 SINGLE_PASS = "optim_chain single_pass"
 
@@ -89,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--layouts",
         type=_choices(LAYOUTS),
-        default=list(LAYOUTS),
-        help="leaf (one array) and/or tree (transformer-like, 150+ leaves); default both",
+        default=["leaf", "tree"],
+        help="leaf (one array), tree (transformer-like, 160 leaves) and/or deep (the same with "
+        "85 blocks, 1,024 leaves); default leaf,tree",
     )
     parser.add_argument(
         "--donate",
@@ -196,9 +199,10 @@ def _torch() -> Any:
 
 
 def transformer_shapes(size: int, layers: int = 13, context: int = 256) -> dict[str, Any]:
-    """Shapes of a GPT-like parameter tree with about ``size`` parameters and 160 leaves.
+    """Shapes of a GPT-like parameter tree with about ``size`` parameters and ``12 * layers + 4`` leaves.
 
-    Each of the ``layers`` blocks has LayerNorm scale/bias twice, a fused QKV projection,
+    160 leaves with the default 13 blocks, 1,024 with 85 (two thirds of them vectors). Each of
+    the ``layers`` blocks has LayerNorm scale/bias twice, a fused QKV projection,
     an output projection and a 4x MLP (12 leaves); the token embedding absorbs the rest.
     """
     width = max(8, int(math.sqrt(0.8 * size / (12 * layers))) // 8 * 8)
@@ -233,7 +237,7 @@ def make_params(size: int, layout: str, device: Any) -> tuple[Any, Any]:
     if layout == "leaf":
         shapes: Any = {"w": (size,)}
     else:
-        shapes = transformer_shapes(size)
+        shapes = transformer_shapes(size, layers=LAYERS[layout])
     leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
     rng = np.random.default_rng(0)
 
@@ -486,66 +490,78 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         "warmup": warmup,
         "compiles": compiles,
         "torch": use_torch,
-        "timing": "round-robin: every case of a group runs once per round, alternating order; "
+        "timing": "round-robin: every case of a group (all layouts of a size, optimizer and "
+        "donation) runs once per round, alternating order; "
         "jax cases and torch cases in separate groups, each with its framework's in-place a += b",
     }
+
+    def measure(streams: list[Runner], group: list[Runner], size: int) -> None:
+        """Times ``group`` in turns with ``streams``, records the results and frees the group."""
+        for stream in streams:
+            stream.times = []
+        rotate(streams + group, repeats, warmup)
+        bandwidth = {
+            stream.label["impl"].split()[1]: 12 * size / statistics.median(stream.times) / 1e9
+            for stream in streams
+        }
+        for runner in group:
+            result = {**runner.label, **runner.info}
+            result["ms"] = statistics.median(runner.times) * 1e3
+            result["ms_all"] = [round(t * 1e3, 4) for t in runner.times]
+            result["bandwidth_gb_s"] = bandwidth
+            report["results"].append(result)
+            log(_line(result))
+        group.clear()
+        gc.collect()
+
     for size in sizes:
         streams = stream_runners(size, device)
         jax_streams = [r for r in streams if r.label["impl"] == "stream jax"]
         torch_streams = [r for r in streams if r.label["impl"] == "stream torch"]
+        # every layout of a size in one group, so that "tree / one leaf" compares steps timed
+        # in turns (the machine's bandwidth can change from one group to the next)
+        layouts = []
         for layout in args.layouts:
             params, grads = make_params(size, layout, device)
-            n, leaves = count(params), len(jax.tree.leaves(params))
             torch_grads = None
             if use_torch:
                 torch_grads = [
                     torch.from_numpy(np.array(g)).to(_torch_device(device)) for g in jax.tree.leaves(grads)
                 ]
-            for name in optimizers:
-                base = {"size": size, "params": n, "layout": layout, "leaves": leaves, "optimizer": name}
-                # jax and torch are timed in separate groups: their thread pools, run in turns,
-                # slow each other down (each keeps its threads spinning after a step)
-                groups = []
-                for donate in donations:
-                    label = {**base, "donated": donate}
-                    runners = [
-                        jax_runner(
-                            {**label, "impl": impl},
-                            functools.partial(make, name),
-                            params,
-                            grads,
-                            donate,
-                            compiles,
-                        )
-                        for impl, make in implementations.items()
-                    ]
-                    groups.append((jax_streams, runners))
-                if use_torch:
-                    label = {**base, "donated": True}
-                    torch_cases = [
-                        torch_runner({**label, "impl": f"torch {v}"}, v, params, torch_grads, device)
-                        for v in ("fused", "foreach", "for-loop")
-                    ]
-                    groups.append((torch_streams, torch_cases))
-                for streams, group in groups:
-                    for stream in streams:
-                        stream.times = []
-                    rotate(streams + group, repeats, warmup)
-                    bandwidth = {
-                        stream.label["impl"].split()[1]: 12 * size / statistics.median(stream.times) / 1e9
-                        for stream in streams
-                    }
-                    for runner in group:
-                        result = {**runner.label, **runner.info}
-                        result["ms"] = statistics.median(runner.times) * 1e3
-                        result["ms_all"] = [round(t * 1e3, 4) for t in runner.times]
-                        result["bandwidth_gb_s"] = bandwidth
-                        report["results"].append(result)
-                        log(_line(result))
-                    group.clear()
-                    gc.collect()
-            del params, grads, torch_grads
-            gc.collect()
+            label = {"size": size, "params": count(params), "layout": layout}
+            label["leaves"] = len(jax.tree.leaves(params))
+            layouts.append((label, params, grads, torch_grads))
+        for name in optimizers:
+            # jax and torch are timed in separate groups: their thread pools, run in turns,
+            # slow each other down (each keeps its threads spinning after a step)
+            for donate in donations:
+                runners = [
+                    jax_runner(
+                        {**label, "optimizer": name, "donated": donate, "impl": impl},
+                        functools.partial(make, name),
+                        params,
+                        grads,
+                        donate,
+                        compiles,
+                    )
+                    for label, params, grads, _ in layouts
+                    for impl, make in implementations.items()
+                ]
+                measure(jax_streams, runners, size)
+            if use_torch:
+                runners = [
+                    torch_runner(
+                        {**label, "optimizer": name, "donated": True, "impl": f"torch {variant}"},
+                        variant,
+                        params,
+                        torch_grads,
+                        device,
+                    )
+                    for label, params, _, torch_grads in layouts
+                    for variant in ("fused", "foreach", "for-loop")
+                ]
+                measure(torch_streams, runners, size)
+        layouts.clear()
         del streams, jax_streams, torch_streams
         gc.collect()
     report["machine"]["load_average_end"] = _load()
@@ -580,7 +596,7 @@ def _derive(report: dict[str, Any]) -> None:
         if optax_ and "compile_s" in r:
             r["x_optax_compile"] = r["compile_s"] / optax_["compile_s"]
         leaf = by_key.get((r["size"], "leaf", r["optimizer"], r["impl"], r["donated"]))
-        r["x_one_leaf"] = r["ms"] / leaf["ms"] if leaf and r["layout"] == "tree" else None
+        r["x_one_leaf"] = r["ms"] / leaf["ms"] if leaf and r["layout"] != "leaf" else None
 
 
 def _fmt_size(size: int) -> str:
