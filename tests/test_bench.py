@@ -75,6 +75,25 @@ def test_tiny_run_writes_json_and_markdown(tmp_path):
     assert "| size | layout | optimizer |" in table and "Key ratios at 3k parameters" in table
 
 
+def test_bfloat16_params_run_with_float32_moments(tmp_path):
+    argv = ["--sizes", "3k", "--optimizers", "adamw", "--layouts", "leaf", "--donate", "yes"]
+    argv += ["--repeats", "1", "--warmup", "0", "--compiles", "1", "--dtype", "bfloat16"]
+    argv += ["--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["settings"]["dtype"] == "bfloat16" and report["settings"]["bytes_floor"] == 22
+    impls = {r["impl"] for r in report["results"]}
+    assert {"optax", "optim_chain"} <= impls
+    # the HLO's bytes: ours reads p, g (2 bytes each) and both float32 moments in each of its three
+    # loops as in float32; optax keeps its second moment in bfloat16
+    hlo = {r["impl"]: r["hlo_bytes_per_param"] for r in report["results"] if "hlo_bytes_per_param" in r}
+    assert hlo["optim_chain"] > hlo["optax"]
+    assert "| params | bfloat16, moments float32 |" in (tmp_path / "bench.md").read_text()
+    params, _ = bench.make_params(3000, "leaf", jax.devices("cpu")[0], "bfloat16")
+    state = bench.optim_chain_optimizer("adamw", dtype="bfloat16").init(params)
+    assert {x.dtype for x in jax.tree.leaves(state) if x.ndim} == {np.dtype("float32")}
+
+
 def test_single_pass_run_turns_on_multi_output_fusion(tmp_path):
     # a child process: the compiler option only takes effect before jax starts its backend
     argv = ["--sizes", "3k", "--optimizers", "adamw", "--layouts", "leaf", "--donate", "yes"]

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 BYTES_FLOOR = 28  # AdamW/Adam in float32: read p, g, m, v and write p, m, v
+#: Dtypes the params (and gradients) can take; the moments stay float32 in every case.
+DTYPES = ("float32", "bfloat16")
 HYPER = {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-2}
 OPTIMIZERS = ("adamw", "adam_l2", "adam")
 LAYOUTS = ("leaf", "tree", "deep")
@@ -94,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=["leaf", "tree"],
         help="leaf (one array), tree (transformer-like, 160 leaves) and/or deep (the same with "
         "85 blocks, 1,024 leaves); default leaf,tree",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="dtype of the params and gradients (default float32); the moments stay float32 "
+        "(optim_chain: moment_dtype; optax: mu_dtype, its second moment follows the params; "
+        "torch keeps its state in the params' dtype)",
     )
     parser.add_argument(
         "--donate",
@@ -228,8 +238,8 @@ def transformer_shapes(size: int, layers: int = 13, context: int = 256) -> dict[
     return tree
 
 
-def make_params(size: int, layout: str, device: Any) -> tuple[Any, Any]:
-    """Float32 parameters and gradients of ``size`` elements, as one leaf or as a tree."""
+def make_params(size: int, layout: str, device: Any, dtype: str = "float32") -> tuple[Any, Any]:
+    """Parameters and gradients of ``size`` elements in ``dtype``, as one leaf or as a tree."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -243,7 +253,7 @@ def make_params(size: int, layout: str, device: Any) -> tuple[Any, Any]:
 
     def array(shape: tuple[int, ...], scale: float) -> Any:
         values = rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
-        return jax.device_put(jnp.asarray(values), device)
+        return jax.device_put(jnp.asarray(values, dtype), device)
 
     params = jax.tree.unflatten(treedef, [array(s, 0.02) for s in leaves])
     grads = jax.tree.unflatten(treedef, [array(s, 1e-3) for s in leaves])
@@ -330,11 +340,20 @@ def _torch_sync(torch: Any, target: str) -> Callable[[Any], None]:
 # ------------------------------------------------------------------------------ optimizers
 
 
-def optim_chain_optimizer(name: str, single_pass: bool = False) -> Any:
+def floor_bytes(dtype: str) -> int:
+    """Bytes an AdamW step must move per parameter: read p, g, m, v, write p, m, v; m, v float32."""
+    return 3 * {"float32": 4, "bfloat16": 2}[dtype] + 4 * 4
+
+
+def optim_chain_optimizer(name: str, single_pass: bool = False, dtype: str = "float32") -> Any:
+    import jax.numpy as jnp
+
     import optim_chain as oc
 
     h = HYPER
     common = {"b1": h["b1"], "b2": h["b2"], "eps": h["eps"]}
+    if dtype != "float32":
+        common["moment_dtype"] = jnp.float32
     if name == "adamw":
         opt = oc.adamw(h["learning_rate"], weight_decay=h["weight_decay"], **common)
     elif name == "adam_l2":
@@ -344,12 +363,15 @@ def optim_chain_optimizer(name: str, single_pass: bool = False) -> Any:
     return oc.single_pass(opt) if single_pass else opt
 
 
-def optax_optimizer(name: str) -> Any:
-    """The same optimizer as optax users write it."""
+def optax_optimizer(name: str, dtype: str = "float32") -> Any:
+    """The same optimizer as optax users write it (``mu_dtype=float32`` for other params dtypes)."""
+    import jax.numpy as jnp
     import optax
 
     h = HYPER
     common = {"b1": h["b1"], "b2": h["b2"], "eps": h["eps"]}
+    if dtype != "float32":
+        common["mu_dtype"] = jnp.float32
     if name == "adamw":
         return optax.adamw(h["learning_rate"], weight_decay=h["weight_decay"], **common)
     if name == "adam_l2":
@@ -439,13 +461,21 @@ def jax_runner(
     return Runner(label, tick, info)
 
 
-def torch_runner(label: dict[str, Any], variant: str, params: Any, torch_grads: list, device: Any) -> Runner:
-    import jax
+def to_torch(x: Any, target: str) -> Any:
+    """A torch copy of the jax array ``x`` on ``target``, in ``x``'s dtype (bfloat16 included)."""
     import numpy as np
 
     torch = _torch()
+    # a copy: torch updates in place and must not write into the jax buffer
+    return torch.from_numpy(np.array(x, np.float32)).to(target, getattr(torch, str(x.dtype)))
+
+
+def torch_runner(label: dict[str, Any], variant: str, params: Any, torch_grads: list, device: Any) -> Runner:
+    import jax
+
+    torch = _torch()
     target = _torch_device(device)
-    tensors = [torch.from_numpy(np.array(x)).to(target) for x in jax.tree.leaves(params)]
+    tensors = [to_torch(x, target) for x in jax.tree.leaves(params)]
     for tensor, grad in zip(tensors, torch_grads):
         tensor.grad = grad
     opt = torch_optimizer(torch, label["optimizer"], tensors, variant)
@@ -463,7 +493,6 @@ def torch_runner(label: dict[str, Any], variant: str, params: Any, torch_grads: 
 
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     import jax
-    import numpy as np
 
     quick = args.quick
     sizes = args.sizes or ([parse_size("1M")] if quick else [parse_size(s) for s in DEFAULT_SIZES.split(",")])
@@ -474,17 +503,23 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     compiles = args.compiles
     device = jax.devices(args.device)[0]
     use_torch = not args.no_torch and _torch_device(device) is not None
-    torch = _torch() if use_torch else None
 
-    implementations = {"optax": optax_optimizer, "optim_chain": optim_chain_optimizer}
+    implementations = {
+        "optax": functools.partial(optax_optimizer, dtype=args.dtype),
+        "optim_chain": functools.partial(optim_chain_optimizer, dtype=args.dtype),
+    }
     if args.single_pass:
-        implementations[SINGLE_PASS] = functools.partial(optim_chain_optimizer, single_pass=True)
+        implementations[SINGLE_PASS] = functools.partial(
+            optim_chain_optimizer, single_pass=True, dtype=args.dtype
+        )
 
     report: dict[str, Any] = {"machine": machine_info(device), "hyperparameters": HYPER, "results": []}
     report["settings"] = {
         "sizes": sizes,
         "optimizers": optimizers,
         "layouts": args.layouts,
+        "dtype": args.dtype,
+        "bytes_floor": floor_bytes(args.dtype),
         "donate": donations,
         "repeats": repeats,
         "warmup": warmup,
@@ -522,12 +557,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         # in turns (the machine's bandwidth can change from one group to the next)
         layouts = []
         for layout in args.layouts:
-            params, grads = make_params(size, layout, device)
+            params, grads = make_params(size, layout, device, args.dtype)
             torch_grads = None
             if use_torch:
-                torch_grads = [
-                    torch.from_numpy(np.array(g)).to(_torch_device(device)) for g in jax.tree.leaves(grads)
-                ]
+                torch_grads = [to_torch(g, _torch_device(device)) for g in jax.tree.leaves(grads)]
             label = {"size": size, "params": count(params), "layout": layout}
             label["leaves"] = len(jax.tree.leaves(params))
             layouts.append((label, params, grads, torch_grads))
@@ -585,9 +618,10 @@ def _derive(report: dict[str, Any]) -> None:
     by_key = {}
     for r in report["results"]:
         by_key[(r["size"], r["layout"], r["optimizer"], r["impl"], r["donated"])] = r
+    bytes_floor = report["settings"].get("bytes_floor", BYTES_FLOOR)
     for r in report["results"]:
         bandwidth = max(report["bandwidth_gb_s"][str(r["size"])].values()) * 1e9
-        floor_ms = BYTES_FLOOR * r["params"] / bandwidth * 1e3
+        floor_ms = bytes_floor * r["params"] / bandwidth * 1e3
         r["floor_ms"] = floor_ms
         r["bytes_per_param"] = r["ms"] / 1e3 * bandwidth / r["params"]
         r["x_floor"] = r["ms"] / floor_ms
@@ -625,6 +659,8 @@ def _ratio(x: float | None) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
+    dtype = report["settings"].get("dtype", "float32")
+    bytes_floor = report["settings"].get("bytes_floor", BYTES_FLOOR)
     lines = [
         "| machine | |",
         "| --- | --- |",
@@ -637,15 +673,16 @@ def markdown(report: dict[str, Any]) -> str:
         f"| XLA_FLAGS | `{m['xla_flags'] or '(none)'}` |",
         f"| OMP_WAIT_POLICY (torch) | `{m.get('omp_wait_policy') or '(default)'}` |",
         f"| date | {m['date']} |",
+        *([f"| params | {dtype}, moments float32 |"] if dtype != "float32" else []),
         "",
         "In-place streaming bandwidth (`a += b`, 12 bytes per element) and the resulting floor "
-        f"for {BYTES_FLOOR} bytes per parameter (the better of the two bandwidths):",
+        f"for {bytes_floor} bytes per parameter (the better of the two bandwidths):",
         "",
         "| parameters | jax GB/s | torch GB/s | floor ms |",
         "| --- | ---: | ---: | ---: |",
     ]
     for size, bw in report["bandwidth_gb_s"].items():
-        floor = BYTES_FLOOR * int(size) / (max(bw.values()) * 1e9) * 1e3
+        floor = bytes_floor * int(size) / (max(bw.values()) * 1e9) * 1e3
         torch_bw = f"{bw['torch']:.1f}" if "torch" in bw else ""
         lines.append(f"| {_fmt_size(int(size))} | {bw['jax']:.1f} | {torch_bw} | {floor:.2f} |")
     lines += [
