@@ -178,7 +178,9 @@ def machine_info(device: Any) -> dict[str, Any]:
         "jax": jax.__version__,
         "optax": optax.__version__,
         "device": str(device),
+        "device_kind": getattr(device, "device_kind", ""),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "jax_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", ""),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "load_average_start": _load(),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -653,6 +655,11 @@ def _line(r: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------ reporting
 
 
+def _kind(kind: str) -> str:
+    """`` (NVIDIA H200)`` for an accelerator's model; nothing for a CPU."""
+    return f" ({kind})" if kind and kind.lower() != "cpu" else ""
+
+
 def _ratio(x: float | None) -> str:
     return "" if x is None else f"{x:.2f}"
 
@@ -665,7 +672,7 @@ def markdown(report: dict[str, Any]) -> str:
         "| machine | |",
         "| --- | --- |",
         f"| CPU | {m['cpu']} ({m['cores']} cores), {m.get('memory') or '?'} |",
-        f"| device | {m['device']} |",
+        f"| device | {m['device']}{_kind(m.get('device_kind', ''))} |",
         f"| versions | jax {m['jax']}, optax {m['optax']}"
         + (f", torch {m['torch']} ({m['torch_threads']} threads)" if "torch" in m else "")
         + f", Python {m['python']} |",
@@ -770,6 +777,8 @@ def main(argv: list[str] | None = None) -> int:
         add_xla_flags(MULTI_OUTPUT_FUSION_FLAG)
     # torch's OpenMP threads otherwise spin after each step and slow down whatever runs next
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # on a GPU jax would otherwise reserve 75% of its memory at start, leaving torch too little
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import jax
 
     try:
