@@ -129,6 +129,15 @@ def load_optimizer(path: str | Path, overrides: Sequence[str] = ()) -> Transform
     return optimizer(config.read_optimizer(path, overrides))
 
 
+def grid_point(experiment: Experiment, label: str, decay_index: int = 0) -> dict[str, Any] | None:
+    """The first learning rate and the ``decay_index``-th weight decay of optimizer ``label``'s
+    sweep grid, as :func:`optimizer` overrides; ``None`` for an optimizer without a grid."""
+    grid = experiment.grids.get(label)
+    if grid is None:
+        return None
+    return {"learning_rate": grid.learning_rate[0], "weight_decay": grid.weight_decay[decay_index]}
+
+
 def check(experiment: Experiment) -> None:
     """Builds every optimizer of ``experiment`` once, as its runs will build it.
 
@@ -144,11 +153,8 @@ def check(experiment: Experiment) -> None:
     """
     training = experiment.training
     for label, spec in experiment.optimizers.items():
-        grid = experiment.grids.get(label)
-        point = None
-        if grid is not None:
-            point = {"learning_rate": grid.learning_rate[0], "weight_decay": grid.weight_decay[0]}
-        elif experiment.kind == "timescale":
+        point = grid_point(experiment, label)
+        if point is None and experiment.kind == "timescale":
             point = {"weight_decay": 0.0}  # each run's decay comes from its timescale
         optimizer(spec, point)
         if training.schedule != "constant":

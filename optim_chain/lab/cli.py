@@ -133,13 +133,7 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     experiment = _experiment(args.config, kind, args.overrides)
     for label, spec in experiment.optimizers.items():
-        if kind == "sweep":
-            grid = experiment.grids[label]
-            transform = build.optimizer(
-                spec, {"learning_rate": grid.learning_rate[0], "weight_decay": grid.weight_decay[0]}
-            )
-        else:
-            transform = build.optimizer(spec)
+        transform = build.optimizer(spec, build.grid_point(experiment, label))
         print(f"{label} =\n{transform}\n")
     return 0
 
@@ -161,13 +155,8 @@ def _masks(args: argparse.Namespace) -> int:
     model = build.model(experiment, dataset)
     params = jax.eval_shape(model.init, jax.random.key(0), dataset.x_train[:1])["params"]
     for label, spec in experiment.optimizers.items():
-        if kind == "sweep":
-            grid = experiment.grids[label]
-            transform = build.optimizer(
-                spec, {"learning_rate": grid.learning_rate[0], "weight_decay": grid.weight_decay[-1]}
-            )
-        else:
-            transform = build.optimizer(spec)
+        # a sweep's largest decay, so that a zero at the grid's start cannot hide what is decayed
+        transform = build.optimizer(spec, build.grid_point(experiment, label, decay_index=-1))
         decays = jax.tree.unflatten(jax.tree.structure(params), diagnostics.decayed_flags(transform, params))
         print(f"{label}:\n{masks.describe_mask(params, decays, warn=False)}\n")
     return 0
