@@ -33,7 +33,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-BYTES_FLOOR = 28  # AdamW/Adam in float32: read p, g, m, v and write p, m, v
 #: Dtypes the params (and gradients) can take; the moments stay float32 in every case.
 DTYPES = ("float32", "bfloat16")
 HYPER = {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-2}
@@ -620,7 +619,7 @@ def _derive(report: dict[str, Any]) -> None:
     by_key = {}
     for r in report["results"]:
         by_key[(r["size"], r["layout"], r["optimizer"], r["impl"], r["donated"])] = r
-    bytes_floor = report["settings"].get("bytes_floor", BYTES_FLOOR)
+    bytes_floor = floor_bytes(report["settings"]["dtype"])
     for r in report["results"]:
         bandwidth = max(report["bandwidth_gb_s"][str(r["size"])].values()) * 1e9
         floor_ms = bytes_floor * r["params"] / bandwidth * 1e3
@@ -666,8 +665,8 @@ def _ratio(x: float | None) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
-    dtype = report["settings"].get("dtype", "float32")
-    bytes_floor = report["settings"].get("bytes_floor", BYTES_FLOOR)
+    dtype = report["settings"]["dtype"]
+    bytes_floor = floor_bytes(dtype)
     lines = [
         "| machine | |",
         "| --- | --- |",
