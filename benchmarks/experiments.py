@@ -79,6 +79,16 @@ def step_case(step: Callable, *args: Any, donate: tuple[int, ...]) -> tuple[Call
     return run, compiled.as_text()
 
 
+def applied(opt: optax.GradientTransformation) -> Callable:
+    """The step ``(params, state, grads) -> (params, state)`` of ``opt``, updates applied."""
+
+    def step(p, s, g):
+        updates, s = opt.update(g, s, p)
+        return optax.apply_updates(p, updates), s
+
+    return step
+
+
 def report(size: int, found: dict[str, float], texts: dict[str, str]) -> None:
     bandwidth = 12 * size / found.pop("stream a += b") / 1e6  # GB/s
     floor = 28 * size / bandwidth / 1e6
@@ -100,13 +110,8 @@ def plain_cases(size: int) -> tuple[dict[str, Callable[[], None]], dict[str, str
     cases, texts = {}, {}
     g = jnp.full(size, 1e-3, jnp.float32)
     for name, opt in [("optax.adamw", optax.adamw(LR, weight_decay=WD)), ("oc.adamw", oc.adamw(LR, WD))]:
-
-        def step(p, s, g, opt=opt):
-            updates, s = opt.update(g, s, p)
-            return optax.apply_updates(p, updates), s
-
         p = jnp.ones(size, jnp.float32)
-        cases[name], texts[name] = step_case(step, p, opt.init(p), g, donate=(0, 1))
+        cases[name], texts[name] = step_case(applied(opt), p, opt.init(p), g, donate=(0, 1))
     return cases, texts
 
 
@@ -273,13 +278,9 @@ def schedule(args: argparse.Namespace) -> None:
     cases, texts, order = {}, {}, {}
     for name, opt in [("optax.adamw", optax.adamw(LR, weight_decay=WD)), ("oc.adamw", oc.adamw(LR, WD))]:
         for label, options in [("", {}), (" memory scheduler", MEMORY_SCHEDULER)]:
-
-            def step(p, s, g, opt=opt):
-                updates, s = opt.update(g, s, p)
-                return optax.apply_updates(p, updates), s
-
             p = jax.tree.map(jnp.copy, params)
-            compiled = jax.jit(step, donate_argnums=(0, 1)).lower(p, opt.init(p), grads).compile(options)
+            lowered = jax.jit(applied(opt), donate_argnums=(0, 1)).lower(p, opt.init(p), grads)
+            compiled = lowered.compile(options)
             box = [(p, opt.init(p))]
 
             def run(compiled=compiled, box=box) -> None:
@@ -317,12 +318,7 @@ def odd(args: argparse.Namespace) -> None:
         opt = oc.adamw(LR, WD)
         params = {f"p{i:03d}": jnp.ones(shape, jnp.float32) for i in range(count)}
         grads = jax.tree.map(lambda x: x * 1e-3, params)
-
-        def step(p, s, g, opt=opt):
-            updates, s = opt.update(g, s, p)
-            return optax.apply_updates(p, updates), s
-
-        cases[name], _ = step_case(step, params, opt.init(params), grads, donate=(0, 1))
+        cases[name], _ = step_case(applied(opt), params, opt.init(params), grads, donate=(0, 1))
     found = rotate(cases, args.repeats)
     base = found["one leaf of 20,000,000"]
     for name, ms in found.items():
@@ -332,6 +328,11 @@ def odd(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------- grouped small leaves
+
+
+def _arrays(shapes: dict, scale: float, rng: np.random.Generator) -> dict:
+    """Float32 arrays of the given shapes, standard normal times ``scale``, drawn in order from ``rng``."""
+    return {k: jnp.asarray(rng.standard_normal(s, dtype=np.float32) * scale) for k, s in shapes.items()}
 
 
 def tree_1024(vectors: int = 512, width: int = 512, matrices: int = 512, columns: int = 75) -> dict:
@@ -411,20 +412,12 @@ def grouped(args: argparse.Namespace) -> None:
         return
     shapes = tree_1024()
     rng = np.random.default_rng(0)
-    params = {k: jnp.asarray(rng.standard_normal(s, dtype=np.float32) * 0.02) for k, s in shapes.items()}
-    grads = {k: jnp.asarray(rng.standard_normal(s, dtype=np.float32) * 1e-3) for k, s in shapes.items()}
+    params, grads = _arrays(shapes, 0.02, rng), _arrays(shapes, 1e-3, rng)
     total = sum(int(np.prod(s)) for s in shapes.values())
 
-    def plain(opt):
-        def step(p, s, g):
-            updates, s = opt.update(g, s, p)
-            return optax.apply_updates(p, updates), s
-
-        return step
-
     steps = {
-        "(a) oc.adamw tree": (oc.adamw(LR, WD), plain(oc.adamw(LR, WD))),
-        "(b) optax.adamw tree": (optax.adamw(LR, weight_decay=WD), plain(optax.adamw(LR, weight_decay=WD))),
+        "(a) oc.adamw tree": (oc.adamw(LR, WD), applied(oc.adamw(LR, WD))),
+        "(b) optax.adamw tree": (optax.adamw(LR, weight_decay=WD), applied(optax.adamw(LR, weight_decay=WD))),
     }
     for threshold in (65536, 4096):
         opt = oc.adamw(LR, WD)
@@ -468,7 +461,7 @@ def grouped(args: argparse.Namespace) -> None:
         opt = opt or optax.adamw(LR, weight_decay=WD)
         p = jnp.asarray(rng.standard_normal(total, dtype=np.float32) * 0.02)
         g = jnp.full(total, 1e-3, jnp.float32)
-        run, text = step_case(plain(opt), p, opt.init(p), g, donate=(0, 1))
+        run, text = step_case(applied(opt), p, opt.init(p), g, donate=(0, 1))
         cases[name], texts[name] = run, text
 
     found = rotate(cases, args.repeats)
@@ -482,10 +475,6 @@ def grouped(args: argparse.Namespace) -> None:
         print(f"{name:34s} {ms:8.2f} {ms / leaf:10.2f}")
     for name, text in texts.items():
         print(f"{name:34s} {hlo_counts(text, total)}")
-
-
-def _arrays(shapes: dict, scale: float, rng: np.random.Generator) -> dict:
-    return {k: jnp.asarray(rng.standard_normal(s, dtype=np.float32) * scale) for k, s in shapes.items()}
 
 
 def sgd_step(p, g):
@@ -532,37 +521,25 @@ def overhead(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(0)
     cases, texts = {}, {}
 
-    def donated(name: str, step: Callable, state: tuple, grads: Any, donate: tuple[int, ...]) -> None:
-        compiled = jax.jit(step, donate_argnums=donate).lower(*state, grads).compile()
-        box = [state]
+    def sgd(p, g):
+        return (sgd_step(p, g),)  # a tuple, as step_case feeds outputs back
 
-        def run() -> None:
-            box[0] = compiled(*box[0], grads)
-            if not isinstance(box[0], tuple):
-                box[0] = (box[0],)
-            jax.block_until_ready(box[0])
-
-        cases[name], texts[name] = run, compiled.as_text()
-
-    def adamw(p, s, g):
-        updates, s = oc.adamw(LR, WD).update(g, s, p)
-        return optax.apply_updates(p, updates), s
-
-    def optax_flat(p, s, g):
-        updates, s = optax.flatten(optax.adamw(LR, weight_decay=WD)).update(g, s, p)
-        return optax.apply_updates(p, updates), s
-
+    adamw = oc.adamw(LR, WD)
     for label, layout in (("one leaf", {"w": (total,)}), ("1,024 leaves", shapes), ("1,024 x (8,)", tiny)):
         p, g = _arrays(layout, 0.02, rng), _arrays(layout, 1e-3, rng)
-        donated(f"oc.adamw, {label}", adamw, (p, oc.adamw(LR, WD).init(p)), g, (0, 1))
-        donated(f"p - lr * g, {label}", sgd_step, (jax.tree.map(jnp.copy, p),), g, (0,))
+        name = f"oc.adamw, {label}"
+        cases[name], texts[name] = step_case(applied(adamw), p, adamw.init(p), g, donate=(0, 1))
+        name = f"p - lr * g, {label}"
+        cases[name], texts[name] = step_case(sgd, jax.tree.map(jnp.copy, p), g, donate=(0,))
     p, g = _arrays(shapes, 0.02, rng), _arrays(shapes, 1e-3, rng)
-    flat_opt = optax.flatten(optax.adamw(LR, weight_decay=WD))
-    donated("optax.flatten(optax.adamw), 1,024 leaves", optax_flat, (p, flat_opt.init(p)), g, (0, 1))
+    flat = optax.flatten(optax.adamw(LR, weight_decay=WD))
+    name = "optax.flatten(optax.adamw), 1,024 leaves"
+    cases[name], texts[name] = step_case(applied(flat), p, flat.init(p), g, donate=(0, 1))
     for write in ("concatenate", "dynamic_update_slice"):
         zeros = jnp.zeros(total, jnp.float32)
         state = (jax.tree.map(jnp.copy, p), zeros, jnp.copy(zeros), jnp.zeros((), jnp.int32))
-        donated(f"flat m, v ({write}), 1,024 leaves", flat_adamw_step(shapes, write), state, g, (0, 1, 2))
+        name = f"flat m, v ({write}), 1,024 leaves"
+        cases[name], texts[name] = step_case(flat_adamw_step(shapes, write), *state, g, donate=(0, 1, 2))
 
     try:
         import torch
