@@ -78,6 +78,11 @@ def test_adamw_file_predicate_matches_the_default_mask():
 def test_experiment_files_load_build_and_step(path):
     """Every experiment file validates and builds, and each optimizer takes a step on its model."""
     raw = config.read_yaml(path)
+    if "regimes" in raw:  # a map: one sweep per regime
+        _, regimes = config.load_map(path)
+        for regime in regimes:
+            build.check(regime.sweep)
+        path, raw = path.parent / raw["sweep"], config.read_yaml(path.parent / raw["sweep"])
     kind = "sweep" if "pairs" in raw else "timescale" if "study" in raw else "compare"
     experiment = config.load_experiment(path, kind)
     build.check(experiment)
@@ -168,9 +173,7 @@ def test_numbers_written_without_a_dot_and_schedules(tmp_path):
 
 
 def test_overrides_apply_before_validation():
-    experiment = config.load_experiment(
-        None, "compare", ["training.steps=7", "model.channels=4", "name=x"]
-    )
+    experiment = config.load_experiment(None, "sweep", ["training.steps=7", "model.channels=4", "name=x"])
     assert experiment.training.steps == 7 and experiment.model["channels"] == 4 and experiment.name == "x"
 
 

@@ -262,6 +262,43 @@ def load_data(experiment: Experiment) -> data_lib.Dataset:
     return data_lib.load(experiment.data["name"], **_data_arguments(experiment))
 
 
+#: Data sets generated from a seed: each run draws its own (see :func:`load_draws`).
+DRAWN_DATA = ("mnist1d",)
+
+
+def data_seed(experiment: Experiment, run_seed: int) -> int:
+    """The data seed of the run with seed ``run_seed``: ``data.seed + run_seed``."""
+    return int(experiment.data.get("seed", 42)) + int(run_seed)
+
+
+def load_draws(
+    experiment: Experiment, seeds: Sequence[int], split: str | None = None
+) -> list[data_lib.Dataset] | None:
+    """One data set per run: run ``i`` with seed ``s`` draws the data at ``data.seed + s``.
+
+    Every optimizer's runs with the same seed see the same draw (and the same initialisation and
+    batches), so differences between optimizers stay paired, and intervals over runs cover the
+    draw of the data as well as the initialisation. ``--set data.seed=N`` moves every draw.
+    ``None`` for data sets that are not generated from a seed (the digits, the text): every run
+    then shares :func:`load_data`'s.
+
+    Args:
+      experiment: its ``data`` section gives the data set and its arguments.
+      seeds: the runs' seeds.
+      split: ``"test"`` or ``"validation"`` to set where the loops evaluate (default: as the
+        config says).
+    """
+    if experiment.data["name"] not in DRAWN_DATA:
+        return None
+    arguments = _data_arguments(experiment)
+    arguments.pop("seed", None)
+    if split is not None:
+        arguments["evaluation_split"] = split
+    return [
+        data_lib.load(experiment.data["name"], seed=data_seed(experiment, s), **arguments) for s in seeds
+    ]
+
+
 def load_test_data(experiment: Experiment) -> data_lib.Dataset:
     """The data with the test split where the loops evaluate (for the tuned point only)."""
     arguments = _data_arguments(experiment)

@@ -2,8 +2,9 @@
 
 Subcommands (each takes ``--config FILE`` and repeated ``--set key.path=value``)::
 
-    optim-chain compare      # each optimizer at its tuned point on MNIST-1D, 20 seeds, 95% intervals
-    optim-chain sweep        # the paper's protocol: lr x weight-decay grids, tuned on validation
+    optim-chain compare      # each optimizer at its tuned cell in one regime, 12 data draws, 95% intervals
+    optim-chain sweep        # the paper's protocol in one regime: two-stage grids tuned on validation
+    optim-chain map          # the sweep in every regime (models x amounts of data): where claims hold
     optim-chain timescale    # Wang & Aitchison: the best AdamW timescale as the data set grows
     optim-chain masks        # which parameters of the experiment's model each optimizer decays
     optim-chain show --config configs/presets/adamw.yaml   # print an optimizer's chain
@@ -64,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="learning-rate x weight-decay heatmaps (the paper's Figure 2)")
     _experiment_arguments(sweep, "sweep")
     sweep.add_argument("--baseline-runs", type=int, help="runs per optimizer timed one at a time (0: none)")
+    regime_map = commands.add_parser(
+        "map", help="the sweep in every regime of a map: where each of the paper's claims holds"
+    )
+    regime_map.add_argument("--config", help="a map YAML file (default: configs/mnist1d_map.yaml's, built in)")
+    regime_map.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                            help="override a value, e.g. --set sweep.data.seed=7 (repeatable)")
+    regime_map.add_argument("--out", default="runs", help="the parent directory of run directories")
+    regime_map.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     timescale = commands.add_parser(
         "timescale", help="does the best AdamW timescale in epochs stay put as the data grows?"
     )
@@ -192,6 +201,8 @@ def _run(args: argparse.Namespace) -> int:
             return _show(args)
         if args.command == "masks":
             return _masks(args)
+        if args.command == "map":
+            return _map(args)
         experiment = _experiment(args.config, args.command, _shortcuts(args))
         problem = _writable(args.out)
         if problem:
@@ -208,6 +219,21 @@ def _run(args: argparse.Namespace) -> int:
     except config.ConfigError as error:
         print(f"optim-chain {args.command}: {error}", file=sys.stderr)
         return 2
+
+
+def _map(args: argparse.Namespace) -> int:
+    from optim_chain.lab import build, config, regime_map
+
+    path = args.config or str(config.MAP_FILE)
+    name, regimes = config.load_map(path, args.overrides)
+    for regime in regimes:
+        build.check(regime.sweep)
+    problem = _writable(args.out)
+    if problem:
+        print(f"optim-chain map: {problem}", file=sys.stderr)
+        return 2
+    regime_map.run_map(name, regimes, out_dir=args.out, progress=not args.no_progress)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

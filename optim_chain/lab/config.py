@@ -464,6 +464,10 @@ class Experiment:
       baseline_runs: (sweep) runs per optimizer timed one at a time, for the speed-up.
       source: the file the experiment was read from (``"<built-in>"`` for the defaults).
       study: (timescale) the sizes, epochs and timescales, see :class:`Study`.
+      refine: (sweep) after each coarse grid, a fine stage of half steps around its best cell
+        (see :mod:`optim_chain.lab.tuning`).
+      tuned: (compare) the regime whose tuned cells set the optimizers' learning rates and
+        decays, as the results file records it, with ``"regime"`` and ``"file"``.
     """
 
     kind: str
@@ -477,57 +481,52 @@ class Experiment:
     baseline_runs: int = 0
     source: str = "<built-in>"
     study: Study | None = None
+    refine: bool = False
+    tuned: dict[str, Any] | None = None
 
 
 _MLP_ARGUMENTS = {"hidden": [128], "layer_norm": True}
-_CNN_ARGUMENTS = {"channels": 25}
+_CNN_ARGUMENTS = {"channels": 25, "layer_norm": False}
 _TRANSFORMER_ARGUMENTS = {"d_model": 64, "num_heads": 4, "num_layers": 2}
 
 #: The default ``compare`` experiment (``configs/mnist1d_compare.yaml`` spells out the same): every
-#: optimizer at its tuned cell of the default sweep, on the sweep's 20 test seeds.
+#: optimizer at its tuned cell of one regime of the map, read from the results file shipped with
+#: the package, on the map's 12 test draws of that regime (seeds and data seeds 1000 higher than
+#: tuning's).
 DEFAULT_COMPARE: dict[str, Any] = {
     "name": "mnist1d_compare",
-    "data": {"name": "mnist1d", "seed": 42},
-    "model": {"name": "cnn", "channels": 25},
+    "data": {"name": "mnist1d", "seed": 42, "train_size": 1000},
+    "model": {"name": "cnn", "channels": 25, "layer_norm": True},
     "training": {
-        "steps": 3000, "batch_size": 100, "eval_every": 300, "seeds": 20, "first_seed": 1000,
+        "steps": 1500, "batch_size": 100, "eval_every": 150, "seeds": 12, "first_seed": 1000,
         "schedule": "cosine",
     },
+    "tuned": {"regime": "cnn_layernorm_1000"},
     "optimizers": {
-        "adam": {"preset": "adam", "learning_rate": 3.0e-2},
-        "adam_l2": {"preset": "adam_l2", "learning_rate": 3.0e-2, "weight_decay": 1.0e-3, "mask": "default"},
-        "adamw": {
-            "preset": "adamw", "learning_rate": 3.0e-2, "weight_decay": 1.0e-4, "mask": "default",
-            "decay_scaling": "schedule",
-        },
-        "adamw_torch": {
-            "preset": "adamw", "learning_rate": 3.0e-2, "weight_decay": 1.0e-2, "mask": "default",
-        },
-        "sgd_l2": {
-            "preset": "sgd_l2", "learning_rate": 3.0e-1, "weight_decay": 1.0e-3, "momentum": 0.9,
-            "mask": "default",
-        },
-        "sgdw": {
-            "preset": "sgdw", "learning_rate": 3.0e-1, "weight_decay": 1.0e-2, "momentum": 0.9,
-            "mask": "default", "decay_scaling": "schedule",
-        },
+        "adam": {"preset": "adam"},
+        "adam_l2": {"preset": "adam_l2", "mask": "default"},
+        "adamw": {"preset": "adamw", "mask": "default", "decay_scaling": "schedule"},
+        "adamw_torch": {"preset": "adamw", "mask": "default"},
+        "sgd_l2": {"preset": "sgd_l2", "momentum": 0.9, "mask": "default"},
+        "sgdw": {"preset": "sgdw", "momentum": 0.9, "mask": "default", "decay_scaling": "schedule"},
     },
 }
 
-_ADAM_RATES = [1.0e-3, 3.0e-3, 1.0e-2, 3.0e-2, 1.0e-1]
-_SGD_RATES = [1.0e-2, 3.0e-2, 1.0e-1, 3.0e-1, 1.0]
+_ADAM_RATES = [1.0e-4, 1.0e-3, 1.0e-2, 1.0e-1]
+_SGD_RATES = [1.0e-3, 1.0e-2, 1.0e-1, 1.0]
 _DECAYS = [1.0e-5, 1.0e-4, 1.0e-3, 1.0e-2, 1.0e-1]  # coupled lambda
 _FRACTIONS = [1.0e-6, 1.0e-5, 1.0e-4, 1.0e-3, 1.0e-2]  # decoupled, the paper's form: per step
 
 #: The default ``sweep`` experiment (``configs/mnist1d_sweep.yaml`` spells out the same): the
-#: paper's protocol on MNIST-1D, tuned on the validation split, tested once on 20 new seeds.
+#: paper's protocol on MNIST-1D in one regime of the map (the CNN with LayerNorm, 1,000 training
+#: examples), tuned in two stages on the validation split of 3 draws, tested on 12 new draws.
 DEFAULT_SWEEP: dict[str, Any] = {
     "name": "mnist1d_sweep",
-    "data": {"name": "mnist1d", "seed": 42, "evaluation_split": "validation"},
-    "model": {"name": "cnn", "channels": 25},
+    "data": {"name": "mnist1d", "seed": 42, "evaluation_split": "validation", "train_size": 1000},
+    "model": {"name": "cnn", "channels": 25, "layer_norm": True},
     "training": {
-        "steps": 3000, "batch_size": 100, "eval_every": 300, "seeds": 5, "schedule": "cosine",
-        "final_seeds": 20,
+        "steps": 1500, "batch_size": 100, "eval_every": 150, "seeds": 3, "schedule": "cosine",
+        "final_seeds": 12,
     },
     "optimizers": {
         "adam": {"preset": "adam_l2", "grid": {"learning_rate": _ADAM_RATES, "weight_decay": [0.0]}},
@@ -554,6 +553,7 @@ DEFAULT_SWEEP: dict[str, Any] = {
     },
     "pairs": [["adam_l2", "adamw"], ["sgd_l2", "sgdw"], ["adamw_torch", "adam"]],
     "baseline": {"runs": 0},
+    "refine": True,
 }
 
 #: The default ``timescale`` experiment (``configs/mnist1d_timescale.yaml`` spells out the same):
@@ -570,8 +570,8 @@ DEFAULT_TIMESCALE: dict[str, Any] = {
 
 _COMMON_KEYS = ("name", "data", "model", "training", "optimizers")
 _KEYS = {
-    "compare": _COMMON_KEYS,
-    "sweep": (*_COMMON_KEYS, "pairs", "baseline"),
+    "compare": (*_COMMON_KEYS, "tuned"),
+    "sweep": (*_COMMON_KEYS, "pairs", "baseline", "refine"),
     "timescale": (*_COMMON_KEYS, "study"),
 }
 _DEFAULTS = {"compare": DEFAULT_COMPARE, "sweep": DEFAULT_SWEEP, "timescale": DEFAULT_TIMESCALE}
@@ -611,7 +611,7 @@ def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str]
     * ``data``: ``{name: mnist1d | digits | text, ...}`` with the keyword arguments of
       :func:`optim_chain.lab.data.mnist1d`, :func:`optim_chain.lab.data.digits` or
       :func:`optim_chain.lab.data.text`.
-    * ``model``: ``{name: cnn, channels: 25}`` (MNIST-1D), ``{name: mlp, hidden: [128],
+    * ``model``: ``{name: cnn, channels: 25, layer_norm: false}`` (MNIST-1D), ``{name: mlp, hidden: [128],
       layer_norm: true}`` or ``{name: transformer, d_model: 64, num_heads: 4, num_layers: 2}``.
     * ``training``: ``steps``, ``batch_size``, ``eval_every``, ``seeds``, ``first_seed``,
       ``schedule`` (``constant`` or ``cosine``) and, in a sweep, ``final_seeds`` (see :class:`Training`).
@@ -621,6 +621,8 @@ def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str]
       ``{min, max, num}`` (log-spaced).
     * ``pairs`` (sweep): the heatmaps to draw side by side, e.g. ``[[adam_l2, adamw]]``.
     * ``baseline`` (sweep): ``{runs: 2}``, runs per optimizer timed one at a time.
+    * ``refine`` (sweep): ``true`` adds a fine stage of half steps around each coarse grid's
+      best cell (see :mod:`optim_chain.lab.tuning`).
     * ``study`` (timescale): ``{train_sizes: [...], epochs: N, timescales: [...]}`` (see
       :class:`Study`); each optimizer is a preset with a number ``learning_rate`` and no
       ``weight_decay``, which each timescale sets.
@@ -637,12 +639,28 @@ def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str]
     """
     if kind not in _DEFAULTS:
         raise ValueError(f"kind must be one of {', '.join(_DEFAULTS)}, got {kind!r}")
-    default = _DEFAULTS[kind]
     if path is None:
-        raw, where = copy.deepcopy(default), Where("<built-in>")
+        raw, where = copy.deepcopy(_DEFAULTS[kind]), Where("<built-in>")
     else:
         raw, where = read_yaml(path), Where(str(path))
     raw = apply_overrides(raw, overrides, where)
+    base = Path(path).parent if path is not None else Path(".")
+    return parse_experiment(raw, kind, where, base)
+
+
+def parse_experiment(raw: dict[str, Any], kind: str, where: Where, base: Path = Path(".")) -> Experiment:
+    """Checks an experiment mapping read from a file (see :func:`load_experiment`).
+
+    Args:
+      raw: the mapping, overrides applied.
+      kind: ``"compare"``, ``"sweep"`` or ``"timescale"``.
+      where: the file, for error messages.
+      base: the folder that relative file names in ``raw`` are read from.
+
+    Raises:
+      ConfigError: on any mistake, naming the file and the key.
+    """
+    default = _DEFAULTS[kind]
     _check_keys(raw, _KEYS[kind], where)
     name = raw.get("name", default["name"])
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
@@ -651,10 +669,13 @@ def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str]
     model = _model(raw.get("model", default["model"]), dataset["name"], where.child("model"))
     training_raw = _mapping(raw.get("training", default["training"]), where.child("training"))
     training = _training(training_raw, where.child("training"))
-    base = Path(path).parent if path is not None else Path(".")
     optimizers_raw = _mapping(raw.get("optimizers", default["optimizers"]), where.child("optimizers"))
     if not optimizers_raw:
         raise where.child("optimizers").error("must name at least one optimizer")
+    tuned = None
+    if kind == "compare" and raw.get("tuned") is not None:
+        tuned = _tuned(raw["tuned"], dataset, model, training, where.child("tuned"), base)
+        optimizers_raw = _with_tuned_cells(optimizers_raw, tuned, where.child("optimizers"), base)
     optimizers: dict[str, OptimizerSpec] = {}
     grids: dict[str, Grid] = {}
     for label, spec in optimizers_raw.items():
@@ -680,7 +701,7 @@ def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str]
         else:
             optimizers[label] = parse_optimizer(spec, here)
     if kind == "compare":
-        return Experiment(kind, name, dataset, model, training, optimizers, source=where.file)
+        return Experiment(kind, name, dataset, model, training, optimizers, source=where.file, tuned=tuned)
     if kind == "timescale":
         if "train_size" in dataset:
             raise where.child("data").child("train_size").error("is set by study.train_sizes; leave it out")
@@ -690,7 +711,12 @@ def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str]
     baseline = _mapping(raw.get("baseline", default["baseline"]), where.child("baseline"))
     _check_keys(baseline, ["runs"], where.child("baseline"))
     runs = _integer(baseline.get("runs", 2), where.child("baseline").child("runs"))
-    return Experiment(kind, name, dataset, model, training, optimizers, grids, pairs, runs, where.file)
+    refine = raw.get("refine", default["refine"])
+    if not isinstance(refine, bool):
+        raise where.child("refine").error(f"must be true or false, got {refine!r}")
+    return Experiment(
+        kind, name, dataset, model, training, optimizers, grids, pairs, runs, where.file, refine=refine
+    )
 
 
 def _data(raw: Any, where: Where) -> dict[str, Any]:
@@ -837,3 +863,145 @@ def _pairs(raw: Any, labels: list[str], where: Where) -> tuple[tuple[str, str], 
                 raise here.error(f"names {label!r}; valid choices: {_choices(labels)}")
         pairs.append((pair[0], pair[1]))
     return tuple(pairs)
+
+
+# ------------------------------------------------------------------------- tuned cells, maps
+
+#: The default map: ``configs/mnist1d_map.yaml`` of the source tree.
+MAP_FILE = Path(__file__).resolve().parents[2] / "configs" / "mnist1d_map.yaml"
+#: The results file shipped with the package: the tuned cells of every regime of the default map.
+TUNED_FILE = Path(__file__).parent / "results" / "mnist1d_map.json"
+
+
+def read_tuned(file: str | Path = TUNED_FILE) -> dict[str, Any]:
+    """The regimes of a results file written by ``optim-chain map`` (``tuned.json``)."""
+    import json
+
+    where = Where(str(file))
+    try:
+        loaded = json.loads(Path(file).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise where.error(f"cannot be read: {error.strerror}") from None
+    except ValueError as error:
+        raise where.error(f"is not a results file written by optim-chain map: {error}") from None
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("regimes"), dict):
+        raise where.error("is not a results file written by optim-chain map: it has no 'regimes'")
+    return loaded
+
+
+def _tuned(
+    raw: Any, dataset: dict[str, Any], model: dict[str, Any], training: Training, where: Where, base: Path
+) -> dict[str, Any]:
+    """``tuned: {regime: name, file: path}``: the regime's record, checked against the experiment."""
+    raw = _mapping(raw, where)
+    _check_keys(raw, ["regime", "file"], where)
+    file = Path(raw["file"]) if "file" in raw else TUNED_FILE
+    if "file" in raw and not file.is_absolute():
+        file = base / file
+    regimes = read_tuned(file)["regimes"]
+    name = raw.get("regime")
+    if name not in regimes:
+        raise where.child("regime").error(f"is {name!r}; valid choices: {_choices(sorted(regimes))}")
+    record = regimes[name]
+    found_model = {k: tuple(v) if isinstance(v, list) else v for k, v in record["model"].items()}
+    if found_model != model:
+        raise where.child("regime").error(f"was tuned with model {record['model']}, not {model}")
+    if record["data"].get("train_size", 0) != dataset.get("train_size", 0):
+        raise where.child("regime").error(
+            f"was tuned with data.train_size {record['data'].get('train_size', 0)}, "
+            f"not {dataset.get('train_size', 0)}"
+        )
+    shown = file if "file" in raw else Path("optim_chain") / "lab" / "results" / file.name
+    return {**record, "regime": name, "file": str(shown)}
+
+
+def _with_tuned_cells(
+    optimizers: dict[str, Any], tuned: dict[str, Any], where: Where, base: Path
+) -> dict[str, Any]:
+    """Each optimizer mapping with the learning rate and decay of its tuned cell."""
+    cells = tuned["optimizers"]
+    out = {}
+    for label, spec in optimizers.items():
+        here = where.child(label)
+        if label not in cells:
+            raise here.error(
+                f"has no tuned cell in regime {tuned['regime']!r}; valid choices: {_choices(sorted(cells))}"
+            )
+        if isinstance(spec, str):
+            raise here.error("must be written out (a preset) to take its tuned cell")
+        spec = _mapping(spec, here)
+        for key in ("learning_rate", "weight_decay"):
+            if key in spec:
+                raise here.child(key).error(f"is set by the tuned cell of regime {tuned['regime']!r}; leave it out")
+        preset = PRESETS.get(spec.get("preset"))
+        cell = {"learning_rate": cells[label]["learning_rate"]}
+        if preset is not None and "weight_decay" in inspect.signature(preset).parameters:
+            cell["weight_decay"] = cells[label]["weight_decay"]
+        elif cells[label]["weight_decay"]:
+            raise here.child("preset").error(
+                f"takes no weight decay, but the tuned cell has {cells[label]['weight_decay']}"
+            )
+        out[label] = {**spec, **cell}
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Regime:
+    """One regime of a map: its name, what it is, and the sweep it runs."""
+
+    name: str
+    description: str
+    sweep: Experiment
+
+
+_REGIME_KEYS = ("description", "model", "data")
+
+
+def load_map(path: str | Path, overrides: Sequence[str] = ()) -> tuple[str, list[Regime]]:
+    """Reads and checks a map: one sweep run in several regimes (models, amounts of data).
+
+    The file has ``name``, ``sweep`` (a sweep experiment, or the path of its file relative to
+    this one) and ``regimes``: name -> ``{description, model, data}``, where ``model`` replaces
+    the sweep's model and ``data`` updates its data (``train_size: 1000``). Overrides apply
+    after the sweep file is read in: ``--set sweep.data.seed=7`` moves every regime's draws.
+
+    Raises:
+      ConfigError: on any mistake, naming the file and the key.
+    """
+    where = Where(str(path))
+    raw = read_yaml(path)
+    _check_keys(raw, ["name", "sweep", "regimes"], where)
+    base = Path(path).parent
+    sweep_where, sweep_base = where.child("sweep"), base
+    if isinstance(raw.get("sweep"), str):
+        file = base / raw["sweep"]
+        try:
+            raw["sweep"] = read_yaml(file)
+        except ConfigError as error:
+            raise sweep_where.error(f"names the sweep file {str(raw['sweep'])!r}, and {error}") from None
+        sweep_where, sweep_base = Where(str(file)), file.parent
+    raw = apply_overrides(raw, overrides, where)
+    name = raw.get("name", "map")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise where.child("name").error(f"must be a plain file name (letters, digits, _ . -), got {name!r}")
+    sweep = _mapping(raw.get("sweep"), where.child("sweep"))
+    regimes_raw = _mapping(raw.get("regimes"), where.child("regimes"))
+    if not regimes_raw:
+        raise where.child("regimes").error("must name at least one regime")
+    regimes = []
+    for label, regime in regimes_raw.items():
+        here = where.child("regimes").child(label)
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
+            raise here.error("must be a plain file name (letters, digits, _ . -)")
+        regime = _mapping(regime, here)
+        _check_keys(regime, _REGIME_KEYS, here)
+        merged = copy.deepcopy(sweep)
+        merged["name"] = label
+        if "model" in regime:
+            merged["model"] = regime["model"]
+        merged["data"] = {**_mapping(merged.get("data"), sweep_where.child("data")), **_mapping(regime.get("data"), here.child("data"))}
+        description = regime.get("description", label)
+        if not isinstance(description, str):
+            raise here.child("description").error(f"must be text, got {description!r}")
+        regimes.append(Regime(label, description, parse_experiment(merged, "sweep", sweep_where, sweep_base)))
+    return name, regimes

@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -155,18 +156,14 @@ def mnist1d(
     Returns:
       ``float32[n, 40]`` signals with ``int32`` labels; ``x_val``/``y_val`` hold the validation split.
     """
-    from mnist1d.data import get_dataset_args, make_dataset
-
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must lie in [0, 1), got {validation_fraction!r}")
     if evaluation_split not in EVALUATION_SPLITS:
         raise ValueError(
             f"evaluation_split must be one of {', '.join(EVALUATION_SPLITS)}; got {evaluation_split!r}"
         )
-    args = get_dataset_args()
-    args.seed, args.num_samples = int(seed), int(num_samples)
-    generated = make_dataset(args)
-    x, y = generated["x"].astype(np.float32), generated["y"].astype(np.int32)
+    generated = _generate_mnist1d(int(seed), int(num_samples))
+    x, y = generated["x"], generated["y"]
     n_train = len(y) - int(round(validation_fraction * len(y)))
     if evaluation_split == "validation" and n_train == len(y):
         raise ValueError("evaluation_split='validation' needs a validation split: validation_fraction > 0")
@@ -175,10 +172,33 @@ def mnist1d(
         if not 0 < train_size <= len(y_train):
             raise ValueError(f"train_size must lie in [1, {len(y_train)}], got {train_size!r}")
         x_train, y_train = x_train[:train_size], y_train[:train_size]
-    x_test, y_test = generated["x_test"].astype(np.float32), generated["y_test"].astype(np.int32)
+    x_test, y_test = generated["x_test"], generated["y_test"]
     if evaluation_split == "validation":
         x_test, y_test = x_val, y_val
     return Dataset("mnist1d", x_train, y_train, x_test, y_test, 10, x_val=x_val, y_val=y_val)
+
+
+@functools.lru_cache(maxsize=64)
+def _generate_mnist1d(seed: int, num_samples: int) -> dict[str, np.ndarray]:
+    """``mnist1d.data.make_dataset`` at ``seed``, as read-only float32/int32 arrays.
+
+    Kept for the life of the process (about 1 MB a draw): the regimes of a map and the stages of
+    a sweep share their draws, and generating one takes about a second.
+    """
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.seed, args.num_samples = seed, num_samples
+    generated = make_dataset(args)
+    arrays = {
+        "x": generated["x"].astype(np.float32),
+        "y": generated["y"].astype(np.int32),
+        "x_test": generated["x_test"].astype(np.float32),
+        "y_test": generated["y_test"].astype(np.int32),
+    }
+    for array in arrays.values():
+        array.flags.writeable = False
+    return arrays
 
 
 LOADERS = {"digits": digits, "text": text, "mnist1d": mnist1d}

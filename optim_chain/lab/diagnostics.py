@@ -173,6 +173,7 @@ def separability(
     weight_decays: np.ndarray,
     worst: float,
     tolerance: float = 2.0,
+    trained: np.ndarray | None = None,
 ) -> Separability:
     """Separability numbers of a grid ``metric[lr_index, wd_index]`` where lower is better.
 
@@ -183,18 +184,36 @@ def separability(
         a uniform prediction, ``log(num_classes)``).
       tolerance: a row enters the slope fit when its best cell is at most ``tolerance`` times
         the grid's best.
+      trained: ``bool[lr, wd]``, the cells whose runs all trained; when given, only they enter
+        the numbers: the best decay of a learning rate is its best trained cell, and the
+        additive model ``a(lr) + b(wd)`` is fitted by least squares to the trained cells alone,
+        so that cells that diverged (all alike at ``worst``) cannot make up the interaction.
     """
     grid = np.asarray(metric, np.float64)
     grid = np.where(np.isfinite(grid), np.minimum(grid, worst), worst)
-    best_index = np.argmin(grid, axis=1)
+    used_cells = np.ones(grid.shape, bool) if trained is None else np.asarray(trained, bool)
+    masked = np.where(used_cells, grid, np.inf)
+    best_index = np.argmin(masked, axis=1)
     best_wd = np.asarray(weight_decays, np.float64)[best_index]
-    rows = grid.min(axis=1) <= tolerance * grid.min()
+    floor = masked.min() if np.isfinite(masked).any() else np.inf
+    rows = np.isfinite(masked.min(axis=1)) & (masked.min(axis=1) <= tolerance * floor)
     log_lr = np.log10(np.asarray(learning_rates, np.float64))[rows]
     log_wd = np.log10(np.maximum(best_wd[rows], 1e-30))
     slope = float(np.polyfit(log_lr, log_wd, 1)[0]) if rows.sum() >= 2 else float("nan")
     spread = float(log_wd.max() - log_wd.min()) if rows.any() else float("nan")
-    z = grid
-    additive = z.mean(axis=1, keepdims=True) + z.mean(axis=0, keepdims=True) - z.mean()
-    total = float(np.sum((z - z.mean()) ** 2))
-    interaction = float(np.sum((z - additive) ** 2) / total) if total > 0 else 0.0
-    return Separability(best_wd, rows, slope, spread, interaction)
+    return Separability(best_wd, rows, slope, spread, _interaction(grid, used_cells))
+
+
+def _interaction(grid: np.ndarray, cells: np.ndarray) -> float:
+    """The share of the variance of ``grid[cells]`` that a least-squares ``a(lr) + b(wd)`` leaves."""
+    i, j = np.nonzero(cells)
+    z = grid[i, j]
+    total = float(np.sum((z - z.mean()) ** 2)) if z.size else 0.0
+    if total <= 0:
+        return 0.0
+    n_lr, n_wd = grid.shape
+    design = np.zeros((z.size, n_lr + n_wd))
+    design[np.arange(z.size), i] = 1.0
+    design[np.arange(z.size), n_lr + j] = 1.0
+    fitted = design @ np.linalg.lstsq(design, z, rcond=None)[0]
+    return float(np.sum((z - fitted) ** 2) / total)

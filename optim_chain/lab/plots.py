@@ -107,19 +107,22 @@ def heatmaps(
     metric_name: str,
     worst: float,
 ) -> None:
-    """Learning-rate x weight-decay heatmaps, one row per pair, as in Loshchilov & Hutter's Fig. 2.
+    """Learning-rate x weight-decay heatmaps in the layout of Loshchilov & Hutter's Figure 2:
+    one row per pair (coupled decay on the left, decoupled on the right), the weight decay
+    across and the learning rate up.
 
-    Colour is ``metric`` (log scale, clipped at ``worst``); each cell is annotated with the test
-    error in percent; white dots mark the best weight decay of each learning rate used in the
-    separability fit (grey ones the rows left out), a star the best cell.
+    Colour is ``metric`` (log scale, clipped at ``worst``); each cell is annotated with the
+    error in percent and, under it, the half-width of its 95% interval; cells where a run
+    diverged say so and take no part in the separability numbers; white dots mark the best
+    weight decay of each learning rate used in the slope fit (grey ones the rows left out), a
+    star the tuned cell of the grid.
 
     Args:
       path: the PNG to write.
       rows: for each row, panels ``{"label", "learning_rates", "weight_decays", "metric",
-        "error", "separability": Separability}``, and where there are several seeds
-        ``"error_half_width"`` (the 95% interval of each cell, drawn under its number) and
-        ``"separability_ci95"`` (``{"slope", "interaction"}`` intervals, in the title); the grid
-        arrays are ``[lr, wd]``.
+        "error", "separability": Separability}`` and optionally ``"trained"`` (``bool[lr,
+        wd]``), ``"error_half_width"`` and ``"separability_ci95"`` (``{"slope",
+        "interaction"}`` intervals, in the title); the grid arrays are ``[lr, wd]``.
       metric_name: what the colour shows.
       worst: the clipping value of the colour scale.
     """
@@ -140,69 +143,65 @@ def heatmaps(
             if c >= len(row):
                 ax.axis("off")
                 continue
-            panel = row[c]
-            metric = np.asarray(panel["metric"], np.float64)
-            shown = np.where(np.isfinite(metric), np.minimum(metric, worst), worst)
-            image = ax.imshow(shown.T, origin="lower", cmap="viridis_r", norm=norm, aspect="auto")
-            lrs, wds = panel["learning_rates"], panel["weight_decays"]
-            ax.set_xticks(range(len(lrs)), [f"{v:.0e}" for v in lrs], rotation=45, fontsize=7)
-            ax.set_yticks(range(len(wds)), [f"{v:.0e}" for v in wds], fontsize=7)
-            ax.set_xlabel("learning rate")
-            ax.set_ylabel("weight decay")
-            error = np.asarray(panel["error"], np.float64)
-            half = panel.get("error_half_width")
-            for i in range(len(lrs)):
-                for j in range(len(wds)):
-                    percent = 100 * error[i, j]
-                    text = "nan" if not np.isfinite(percent) else f"{percent:.{1 if percent < 10 else 0}f}"
-                    if half is not None and np.isfinite(half[i, j]):
-                        text += f"\n±{100 * half[i, j]:.1f}"
-                    dark = norm(shown[i, j]) > 0.6
-                    ax.text(
-                        i, j, text, ha="center", va="center", fontsize=8, color="white" if dark else "black"
-                    )
-            sep: Separability = panel["separability"]
-            best_j = [list(wds).index(w) for w in sep.best_weight_decay]
-            used = np.asarray(sep.rows_used)
-            xs = np.arange(len(lrs))
-            ax.plot(
-                xs[used],
-                np.asarray(best_j)[used],
-                "o-",
-                color="white",
-                markersize=5,
-                markeredgecolor="k",
-                label="best wd of each lr (in the slope fit)",
-            )
-            if (~used).any():
-                ax.plot(
-                    xs[~used],
-                    np.asarray(best_j)[~used],
-                    "o",
-                    color="0.6",
-                    markersize=4,
-                    label="best wd, lr left out (did not train)",
-                )
-            bi, bj = np.unravel_index(np.argmin(shown), shown.shape)
-            ax.plot(bi, bj, "*", color="red", markersize=14, markeredgecolor="k", label="best cell")
-            if r == 0 and c == 0:
-                handles, labels = ax.get_legend_handles_labels()
-                fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8)
-            slope = f"{sep.slope:+.2f}" if np.isfinite(sep.slope) else "n/a"
-            ci = panel.get("separability_ci95", {})
-            ax.set_title(
-                f"{panel['label']}: slope {slope}{reports.bracket(ci.get('slope'), 2)}, spread "
-                f"{sep.spread_decades:.1f} dec,\ninteraction {sep.interaction:.2f}"
-                f"{reports.bracket(ci.get('interaction'), 2)}",
-                fontsize=9,
-            )
-            fig.colorbar(image, ax=ax, label=metric_name, shrink=0.85)
+            _heatmap_panel(fig, ax, row[c], norm, worst, metric_name, legend=r == 0 and c == 0)
     fig.suptitle(
-        f"final {metric_name}, mean over seeds: colour, and in percent (± its 95% interval), numbers\n"
-        "titles: separability numbers with bootstrap 95% intervals over seeds\n"
+        f"final {metric_name}, mean over draws: colour, and in percent (± its 95% interval), numbers\n"
+        "titles: separability numbers over the cells that trained, bootstrap 95% intervals over draws\n"
         "white dots: best weight decay of each learning rate; grey: learning rates left out of the fit"
     )
     fig.savefig(path, dpi=100)
+
+
+def _heatmap_panel(
+    fig: Figure, ax: Any, panel: dict[str, Any], norm: LogNorm, worst: float, metric_name: str, legend: bool
+) -> None:
+    metric = np.asarray(panel["metric"], np.float64)
+    trained = np.asarray(panel.get("trained", np.isfinite(metric)), bool)
+    shown = np.where(np.isfinite(metric) & trained, np.minimum(metric, worst), worst)
+    image = ax.imshow(shown, origin="lower", cmap="viridis_r", norm=norm, aspect="auto")
+    lrs, wds = panel["learning_rates"], panel["weight_decays"]
+    ax.set_xticks(range(len(wds)), [f"{v:.0e}" for v in wds], rotation=45, fontsize=7)
+    ax.set_yticks(range(len(lrs)), [f"{v:.0e}" for v in lrs], fontsize=7)
+    ax.set_xlabel("weight decay")
+    ax.set_ylabel("learning rate")
+    error = np.asarray(panel["error"], np.float64)
+    half = panel.get("error_half_width")
+    for i in range(len(lrs)):
+        for j in range(len(wds)):
+            percent = 100 * error[i, j]
+            if not trained[i, j]:
+                text = "diverged"
+            else:
+                text = f"{percent:.{1 if percent < 10 else 0}f}"
+                if half is not None and np.isfinite(half[i, j]):
+                    text += f"\n±{100 * half[i, j]:.1f}"
+            dark = norm(shown[i, j]) > 0.6
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    sep: Separability = panel["separability"]
+    best_j = np.array([list(wds).index(w) for w in sep.best_weight_decay])
+    used = np.asarray(sep.rows_used)
+    ys = np.arange(len(lrs))
+    ax.plot(best_j[used], ys[used], "o-", color="white", markersize=5, markeredgecolor="k",
+            label="best wd of each lr (in the slope fit)")
+    if (~used).any():
+        ax.plot(best_j[~used], ys[~used], "o", color="0.6", markersize=4,
+                label="best wd, lr left out (did not train)")
+    best = panel.get("best_cell")
+    if best is None:
+        best = np.unravel_index(np.argmin(shown), shown.shape)
+    ax.plot(best[1], best[0], "*", color="red", markersize=14, markeredgecolor="k", label="tuned cell")
+    if legend:
+        handles, labels = ax.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8)
+    slope = f"{sep.slope:+.2f}" if np.isfinite(sep.slope) else "n/a"
+    ci = panel.get("separability_ci95", {})
+    ax.set_title(
+        f"{panel['label']}: slope {slope}{reports.bracket(ci.get('slope'), 2)}, spread "
+        f"{sep.spread_decades:.1f} dec,\ninteraction {sep.interaction:.2f}"
+        f"{reports.bracket(ci.get('interaction'), 2)}",
+        fontsize=9,
+    )
+    fig.colorbar(image, ax=ax, label=metric_name, shrink=0.85)
 
 
 def timescale_curves(

@@ -52,6 +52,7 @@ def describe(experiment: Experiment) -> dict[str, Any]:
         described["grids"] = {label: vars(grid) for label, grid in experiment.grids.items()}
         described["pairs"] = [list(p) for p in experiment.pairs]
         described["baseline_runs"] = experiment.baseline_runs
+        described["refine"] = experiment.refine
     if experiment.study is not None:
         described["study"] = vars(experiment.study)
     return described

@@ -8,6 +8,13 @@ may be tracers; optim_chain's constructors check concrete numbers and let tracer
 random parts (initial parameters and batch order) are drawn outside the vmapped program, from the
 seed alone, so a run gives the same result alone or in a grid.
 
+Each run may train on its own data set (``datasets``: one draw of the data per run, same shapes),
+passed to the program with a leading run axis like the parameters; otherwise all runs share the
+trainer's data set. Where there are several local devices (GPUs, a TPU slice, or CPU devices
+made with ``--xla_force_host_platform_device_count``), the run axis is sharded over all of them
+with ``jax.sharding`` (padded to a multiple of their number): each device trains its share of
+the runs and nothing else changes.
+
 Inside a run the steps are a ``jax.lax.scan`` over ``flax.training.train_state.TrainState``
 (``apply_gradients`` calls the optimizer's ``update``). The loop is cut into chunks of
 ``chunk_steps`` steps, after each of which the test set is evaluated: that gives the training
@@ -41,6 +48,7 @@ import optax
 from flax import linen as nn
 from flax import nnx
 from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from optim_chain.lab.data import Dataset
 
@@ -178,13 +186,33 @@ class Trainer:
 
     # -------------------------------------------------------------------------- many runs
 
-    def compiled(self, batched: bool = True) -> tuple[Callable[..., Any], Callable[..., Any]]:
-        """The jitted ``(init, chunk)`` pair; ``batched`` vmaps both over a leading run axis."""
+    def compiled(
+        self, batched: bool = True, data_per_run: bool = False
+    ) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """The jitted ``(init, chunk)`` pair; ``batched`` vmaps both over a leading run axis, and
+        ``data_per_run`` (with ``batched``) gives the data arrays that axis too."""
         init, chunk = self.init, self.chunk
         if batched:
             init = jax.vmap(init)
-            chunk = jax.vmap(chunk, in_axes=(0, 0, None, 0))
+            chunk = jax.vmap(chunk, in_axes=(0, 0, 0 if data_per_run else None, 0))
         return jax.jit(init), jax.jit(chunk)
+
+    def _data(self, datasets: Sequence[Dataset] | None, runs: Sequence[int]) -> tuple[np.ndarray, ...]:
+        """The data arrays the program reads: the trainer's, or one draw per run stacked."""
+        if datasets is None:
+            return self.arrays
+        if len(datasets) != len(set(runs)):
+            raise ValueError(
+                f"datasets must hold one data set per run: {len(datasets)} for {len(set(runs))} runs"
+            )
+        for dataset in datasets:
+            shapes = [a.shape for a in dataset[1:5]]
+            if shapes != [a.shape for a in self.arrays]:
+                raise ValueError(
+                    f"every run's data set must have the trainer's shapes {[a.shape for a in self.arrays]}, "
+                    f"got {shapes}"
+                )
+        return tuple(np.stack([datasets[i][field] for i in runs]) for field in range(1, 5))
 
     def run(
         self,
@@ -195,6 +223,8 @@ class Trainer:
         batched: bool = True,
         progress: Callable[[int], None] | None = None,
         compiled: tuple[Callable[..., Any], Callable[..., Any]] | None = None,
+        datasets: Sequence[Dataset] | None = None,
+        devices: Sequence[jax.Device] | None = None,
     ) -> RunResult:
         """Trains ``len(seeds)`` runs for ``steps`` steps.
 
@@ -206,6 +236,10 @@ class Trainer:
           batched: train all runs as one vmapped program (``True``) or a single run.
           progress: called with the number of steps just taken, after every chunk.
           compiled: a pair from :meth:`compiled` to reuse (avoids compiling again).
+          datasets: one data set per run (its own draw of the data), each with the shapes of the
+            trainer's; ``None``: every run trains on the trainer's data set.
+          devices: the devices the run axis is sharded over (``batched`` only); ``None``: all
+            local devices.
 
         Returns:
           A :class:`RunResult`; with ``batched=False`` the run axis has size 1.
@@ -215,17 +249,33 @@ class Trainer:
         seeds = [int(s) for s in np.atleast_1d(np.asarray(seeds))]
         if not batched and len(seeds) != 1:
             raise ValueError(f"batched=False trains one run; got {len(seeds)} seeds")
+        if not batched and datasets is not None and len(datasets) != 1:
+            raise ValueError(f"batched=False trains one run; got {len(datasets)} data sets")
         start = time.perf_counter()
-        init, chunk = compiled or self.compiled(batched)
+        init, chunk = compiled or self.compiled(batched, datasets is not None and batched)
+        runs = list(range(len(seeds)))
+        shard = None
+        if batched:
+            mesh = Mesh(np.asarray(list(devices or jax.local_devices())), ("runs",))
+            shard = NamedSharding(mesh, PartitionSpec("runs"))
+            runs += [runs[-1]] * (-len(runs) % mesh.size)  # padded to a multiple of the devices
         unique = sorted(set(seeds))
         initial = {s: self.init_params(s) for s in unique}
         indices = {s: batch_indices(s, steps, self.batch_size, len(self.dataset.x_train)) for s in unique}
+        arrays = self._data(datasets, runs)
         if batched:
-            params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[initial[s] for s in seeds])
-            all_indices = np.stack([indices[s] for s in seeds], axis=1)  # [steps, runs, batch]
+            params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[initial[seeds[i]] for i in runs])
+            all_indices = np.stack([indices[seeds[i]] for i in runs], axis=1)  # [steps, runs, batch]
+            hyperparams = {k: np.asarray(v)[runs] for k, v in hyperparams.items()}
+            params, hyperparams = jax.device_put((params, hyperparams), shard)
+            if datasets is not None:
+                arrays = jax.device_put(arrays, shard)
+            else:
+                arrays = jax.device_put(arrays, NamedSharding(shard.mesh, PartitionSpec()))
         else:
             params, all_indices = initial[seeds[0]], indices[seeds[0]]
-        hyperparams = {k: jnp.asarray(v) for k, v in hyperparams.items()}
+            arrays = tuple(a[0] for a in arrays) if datasets is not None else arrays
+            hyperparams = {k: jnp.asarray(v) for k, v in hyperparams.items()}
         state = init(hyperparams, params)
         history = []
         compile_seconds = 0.0
@@ -234,8 +284,8 @@ class Trainer:
             size = min(self.chunk_steps, steps - done)
             chunk_indices = all_indices[done : done + size]
             if batched:
-                chunk_indices = np.swapaxes(chunk_indices, 0, 1)
-            state, metrics = chunk(hyperparams, state, self.arrays, chunk_indices)
+                chunk_indices = jax.device_put(np.swapaxes(chunk_indices, 0, 1), shard)
+            state, metrics = chunk(hyperparams, state, arrays, chunk_indices)
             history.append(jax.device_get(metrics))
             done += size
             if not compile_seconds:
@@ -244,8 +294,11 @@ class Trainer:
                 progress(size)
         state = jax.block_until_ready(state)
         seconds = time.perf_counter() - start
-        curves = [np.stack([np.atleast_1d(getattr(m, f)) for m in history], -1) for f in ChunkMetrics._fields]
-        final = state if batched else jax.tree.map(lambda x: x[None], state)
+        kept = len(seeds)  # the padding runs are dropped
+        curves = [
+            np.stack([np.atleast_1d(getattr(m, f))[:kept] for m in history], -1) for f in ChunkMetrics._fields
+        ]
+        final = jax.tree.map(lambda x: x[:kept], state) if batched else jax.tree.map(lambda x: x[None], state)
         evaluated = np.minimum(np.arange(1, len(history) + 1) * self.chunk_steps, steps)
         return RunResult(evaluated, *curves, final=final, seconds=seconds, compile_seconds=compile_seconds)
 

@@ -1,0 +1,133 @@
+"""Tuning that cannot pick a lucky cell: which runs trained, which cells may be chosen, and the
+fine stage of a two-stage grid.
+
+A *cell* is one learning rate and one weight decay, trained once per tuning draw (each draw its
+own data set and initialisation). The rule, in three parts:
+
+1. **A run diverged** when a loss it reports is not finite, when the mean training loss of an
+   evaluation interval exceeds twice ``log(num_classes)`` (twice a uniform guess's loss: a
+   blow-up), or when that of a later interval exceeds the first interval's by more than 0.1 (a
+   spike or a collapse after learning, which the run may or may not recover from). A run that
+   learns slowly or not at all is not diverged, only bad.
+2. **A cell is stable** when none of its runs diverged.
+3. **A cell may be chosen** when it is stable, no smaller learning rate at the same weight decay
+   has an unstable cell (it is not past the edge of stability, where a stable cell is a fluke of
+   the draws), and the next larger learning rate at the same weight decay, where it was trained,
+   is stable too (a margin: a cell right at the edge fails on some of the draws that test it).
+
+Among the cells that may be chosen, the tuned cell has the lowest mean validation error.
+
+The grid has two stages: a coarse one the config gives (decades, say), then a fine one of the log
+midpoints between the best coarse value and its neighbours on each axis (half-decades around the
+optimum), chosen again over both stages together (:func:`refine`).
+
+Example::
+
+    >>> import numpy as np
+    >>> from optim_chain.lab import tuning
+    >>> cells = [(0.01, 0.0), (0.1, 0.0), (1.0, 0.0)]
+    >>> stable = np.array([True, True, False])
+    >>> tuning.may_choose(cells, stable).tolist()   # 0.1 sits next to a learning rate that diverges
+    [True, False, False]
+    >>> tuning.refine([1e-3, 1e-2, 1e-1], 1e-2)
+    [0.0031622776601683794, 0.01, 0.0316227766016838]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+Cell = tuple[float, float]
+
+#: A run blew up when an interval's mean training loss exceeds this many times a uniform guess's.
+BLOW_UP = 2.0
+#: A run collapsed when a later interval's mean training loss exceeds the first's by this much.
+RISE = 0.1
+
+#: The rule in one sentence, as results state it.
+RULE = (
+    "the lowest mean validation error among cells where no tuning run diverged (a non-finite loss, an "
+    "interval's training loss above twice a uniform guess's, or a later interval's 0.1 above the "
+    "first's), that are not past the edge of stability "
+    "(a smaller learning rate at the same decay diverged) and whose next larger learning rate at the "
+    "same decay, where trained, did not diverge either."
+)
+
+
+def diverged(train_loss: np.ndarray, final_loss: np.ndarray, num_classes: int) -> np.ndarray:
+    """``bool[runs]``: which runs diverged (rule 1 of the module docstring).
+
+    Args:
+      train_loss: ``float[runs, evaluations]``, the mean training loss of each interval.
+      final_loss: ``float[runs]``, the final evaluation loss.
+      num_classes: the number of classes; ``log(num_classes)`` is a uniform guess's loss.
+    """
+    train_loss = np.asarray(train_loss, np.float64)
+    final_loss = np.asarray(final_loss, np.float64)
+    not_finite = ~np.all(np.isfinite(train_loss), axis=-1) | ~np.isfinite(final_loss)
+    with np.errstate(invalid="ignore"):
+        blew_up = np.any(train_loss > BLOW_UP * math.log(num_classes), axis=-1)
+        rose = np.any(train_loss[:, 1:] > train_loss[:, :1] + RISE, axis=-1)
+    return not_finite | blew_up | rose
+
+
+def may_choose(cells: Sequence[Cell], stable: np.ndarray) -> np.ndarray:
+    """``bool[cells]``: which cells the tuning may pick (rule 3 of the module docstring).
+
+    Args:
+      cells: ``(learning_rate, weight_decay)`` of each cell, any order, both stages together.
+      stable: ``bool[cells]``, whether every run of the cell trained.
+    """
+    stable = np.asarray(stable, bool)
+    allowed = stable.copy()
+    for index, (lr, wd) in enumerate(cells):
+        if not stable[index]:
+            continue
+        row = [(other_lr, other) for other, (other_lr, other_wd) in enumerate(cells) if other_wd == wd]
+        below = [other for other_lr, other in row if other_lr < lr]
+        above = sorted((other_lr, other) for other_lr, other in row if other_lr > lr)
+        if any(not stable[other] for other in below):
+            allowed[index] = False  # past the edge of stability
+        elif above and not stable[above[0][1]]:
+            allowed[index] = False  # at the edge: no margin
+    return allowed
+
+
+def choose(scores: np.ndarray, allowed: np.ndarray) -> int | None:
+    """The index of the lowest score among the allowed cells; ``None`` when none is allowed."""
+    scores = np.where(np.asarray(allowed, bool) & np.isfinite(scores), scores, np.inf)
+    if not np.isfinite(scores).any():
+        return None
+    return int(np.argmin(scores))
+
+
+def refine(values: Sequence[float], best: float) -> list[float]:
+    """The fine stage's values on one axis: ``best`` and the log midpoints to its neighbours.
+
+    With decades on the coarse axis these are half-decades. At an end of the axis the step to
+    the one neighbour is used on both sides, so the fine stage looks half a step beyond the
+    coarse grid. An axis of one value, or a best value of 0, is not refined.
+
+    Args:
+      values: the coarse axis (any order, positive or 0).
+      best: the coarse axis' best value.
+    """
+    ordered = sorted(v for v in values if v > 0)
+    if best <= 0 or len(ordered) < 2:
+        return [best]
+    k = ordered.index(best)
+    lower = ordered[k] / ordered[k - 1] if k > 0 else ordered[1] / ordered[0]
+    upper = ordered[k + 1] / ordered[k] if k < len(ordered) - 1 else lower
+    return [best / math.sqrt(lower), best, best * math.sqrt(upper)]
+
+
+def fine_cells(learning_rates: Sequence[float], weight_decays: Sequence[float], best: Cell) -> list[Cell]:
+    """The fine stage's cells around the coarse grid's ``best`` (the best cell itself included)."""
+    return [
+        (lr, wd)
+        for lr in refine(learning_rates, best[0])
+        for wd in refine(weight_decays, best[1])
+    ]
