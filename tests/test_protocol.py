@@ -51,7 +51,7 @@ def test_the_sweep_tunes_on_validation_and_reads_the_test_split_once(tmp_path, m
 
     @functools.wraps(original)  # the config reads the loader's keywords from its signature
     def recording(**kwargs):
-        calls.append(kwargs.get("evaluation_split", "test"))
+        calls.append((kwargs.get("evaluation_split", "test"), kwargs["seed"]))
         return original(**kwargs)
 
     monkeypatch.setitem(data.LOADERS, "mnist1d", recording)
@@ -60,8 +60,11 @@ def test_the_sweep_tunes_on_validation_and_reads_the_test_split_once(tmp_path, m
         cli.main(["sweep", "--config", str(_write(tmp_path, TINY_SWEEP)), "--out", str(out), "--no-progress"])
         == 0
     )
-    # one load for the grids, then one, after tuning, for the tuned cells: only that one reads test
-    assert calls == ["validation", "test"]
+    # tuning loads its 3 draws (data seeds 42, 43, 44) evaluated on validation; only the runs at the
+    # tuned cells, on draws 1000 higher that tuning never saw, read a test split
+    assert calls[:3] == [("validation", 42), ("validation", 43), ("validation", 44)]
+    assert {seed for split, seed in calls if split == "validation"} == {42, 43, 44}
+    assert {seed for split, seed in calls if split == "test"} == {1042, 1043, 1044}
     metrics = json.loads((out / "tiny" / "metrics.json").read_text())
     for label in ("adam_l2", "adamw"):
         result = metrics["optimizers"][label]

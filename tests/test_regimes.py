@@ -4,7 +4,6 @@ and the tuned cells that compare reads (tiny MNIST-1D runs; none trains long).""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from helpers import cpu_devices_env
 
 from optim_chain.lab import build, cli, config, diagnostics, tuning
 
@@ -25,8 +25,15 @@ training: {steps: 30, batch_size: 16, eval_every: 10, seeds: 2, schedule: cosine
 refine: true
 optimizers:
   adam: {preset: adam_l2, grid: {learning_rate: [1.0e-3, 1.0e-2], weight_decay: [0.0]}}
-  adam_l2: {preset: adam_l2, mask: default, grid: {learning_rate: [1.0e-3, 1.0e-2, 1.0e+3], weight_decay: [1.0e-4, 1.0e-2]}}
-  adamw: {preset: adamw, mask: default, decay_scaling: schedule, grid: {learning_rate: [1.0e-3, 1.0e-2], weight_decay: [1.0e-4, 1.0e-2]}}
+  adam_l2:
+    preset: adam_l2
+    mask: default
+    grid: {learning_rate: [1.0e-3, 1.0e-2, 1.0e+3], weight_decay: [1.0e-4, 1.0e-2]}
+  adamw:
+    preset: adamw
+    mask: default
+    decay_scaling: schedule
+    grid: {learning_rate: [1.0e-3, 1.0e-2], weight_decay: [1.0e-4, 1.0e-2]}
 pairs: [[adam_l2, adamw]]
 baseline: {runs: 0}
 """
@@ -105,39 +112,41 @@ def test_a_run_trains_on_its_own_draw(tmp_path):
 
 
 def test_diverged_runs():
-    log10 = np.log(10)
     curves = np.array(
         [
             [2.0, 1.0, 0.5],  # trains
-            [2.3, 2.3, 2.29],  # learns nothing: bad, not diverged
+            [2.3, 2.3, 2.29],  # learns slowly: bad, not diverged
             [2.0, 1.0, np.nan],  # not finite
             [60.0, 2.3, 2.3],  # blew up in the first interval
             [1.5, 0.8, 2.30],  # collapsed after learning
+            [2.3, 2.3, 2.3],  # died at once: a uniform guess at the end
         ]
     )
-    final = np.array([0.6, 2.3, 2.3, 2.3, 2.3])
-    assert tuning.diverged(curves, final, 10).tolist() == [False, False, True, True, True]
-    assert tuning.BLOW_UP * log10 < 60
+    final_loss = np.array([0.6, 2.29, 2.3, 2.3, 2.3, 2.3])
+    accuracy = np.array([0.8, 0.3, 0.1, 0.1, 0.1, 0.12])
+    expected = [False, False, True, True, True, True]
+    assert tuning.diverged(curves, final_loss, accuracy, 10).tolist() == expected
 
 
 def test_a_diverging_cell_is_never_chosen():
-    cells = [(lr, wd) for lr in (0.01, 0.1, 1.0, 10.0) for wd in (0.0, 1e-3)]
-    # at wd 0: lr 1 diverges, lr 10 trains by luck; at wd 1e-3 every cell trains
-    stable = np.array(
-        [
-            *(True, True),  # lr 0.01
-            *(True, True),  # lr 0.1
-            *(False, True),  # lr 1
-            *(True, True),  # lr 10
-        ]
-    )
+    half = np.sqrt(10.0)
+    low, mid, high, top = 0.01, 0.01 * half, 0.1, 0.1 * half  # half-decades
+    near = 1e-4 * half  # half a decade from 1e-4
+    cells = [(lr, wd) for lr in (low, mid, high, top) for wd in (1e-4, near, 1e-1)]
+    stable = np.ones(len(cells), bool)
+    stable[cells.index((high, 1e-4))] = False  # diverged
+    scores = np.full(len(cells), 0.5)
+    scores[cells.index((high, 1e-4))] = 0.0  # the best score, on a diverged cell
+    scores[cells.index((top, 1e-4))] = 0.01  # trained by luck, past the edge
+    scores[cells.index((mid, near))] = 0.02  # half a decade below a divergence, at a near decay
+    scores[cells.index((mid, 1e-1))] = 0.03  # the same learning rate, far from the divergence
     allowed = tuning.may_choose(cells, stable)
-    scores = np.array([0.5, 0.5, 0.2, 0.4, 0.0, 0.3, 0.01, 0.35])
-    assert not allowed[4]  # diverged
-    assert not allowed[6]  # past the edge: a smaller lr at the same decay diverged
-    assert not allowed[2]  # at the edge: the next larger lr diverged
-    assert tuning.choose(scores, allowed) == 5  # the best cell with a margin on its row
-    assert tuning.choose(scores, np.zeros(8, bool)) is None
+    assert not allowed[cells.index((high, 1e-4))]
+    assert not allowed[cells.index((top, 1e-4))]
+    assert not allowed[cells.index((mid, near))] and not allowed[cells.index((mid, 1e-4))]
+    assert allowed[cells.index((low, 1e-4))]  # a full decade below: allowed
+    assert tuning.choose(scores, allowed) == cells.index((mid, 1e-1))
+    assert tuning.choose(scores, np.zeros(len(cells), bool)) is None
 
 
 def test_refine_takes_half_steps_and_looks_beyond_an_edge():
@@ -182,7 +191,8 @@ def test_the_map_tunes_every_regime_and_never_picks_a_diverging_cell(tiny_map):
     for label, result in sweep["optimizers"].items():
         best = result["best"]
         (chosen,) = [
-            c for c in result["cells"]
+            c
+            for c in result["cells"]
             if c["learning_rate"] == best["learning_rate"] and c["weight_decay"] == best["weight_decay"]
         ]
         assert chosen["diverged_runs"] == 0, label
@@ -218,9 +228,14 @@ def test_compare_reads_the_tuned_cells_and_repeats_the_maps_test_runs(tiny_map, 
     difference = metrics["paired_differences"]["adamw - adam_l2"]
     assert difference == swept["paired_differences"]["adamw - adam_l2"]  # every digit
     for label in ("adam", "adam_l2", "adamw"):
-        assert metrics["optimizers"][label]["test_accuracy"] == swept["optimizers"][label]["final"]["test_accuracy"]
+        assert (
+            metrics["optimizers"][label]["test_accuracy"]
+            == swept["optimizers"][label]["final"]["test_accuracy"]
+        )
     assert 100 * np.mean(
-        np.subtract(metrics["optimizers"]["adamw"]["test_accuracy"], metrics["optimizers"]["adam_l2"]["test_accuracy"])
+        np.subtract(
+            metrics["optimizers"]["adamw"]["test_accuracy"], metrics["optimizers"]["adam_l2"]["test_accuracy"]
+        )
     ) == pytest.approx(difference["mean"])
 
 
@@ -228,12 +243,16 @@ def test_compare_refuses_a_regime_it_does_not_match(tiny_map, tmp_path):
     folder, run = tiny_map
     path = tmp_path / "compare.yaml"
     path.write_text(_compare(str(run / "tuned.json"), {"regime: cnn_200": "regime: cnn_9"}))
-    with pytest.raises(config.ConfigError, match="'tuned.regime' is 'cnn_9'; valid choices: cnn_200, mlp_200"):
+    with pytest.raises(
+        config.ConfigError, match="'tuned.regime' is 'cnn_9'; valid choices: cnn_200, mlp_200"
+    ):
         config.load_experiment(path, "compare")
     path.write_text(_compare(str(run / "tuned.json"), {"channels: 4": "channels: 5"}))
     with pytest.raises(config.ConfigError, match="was tuned with model"):
         config.load_experiment(path, "compare")
-    path.write_text(_compare(str(run / "tuned.json"), {"{preset: adam}": "{preset: adam, learning_rate: 0.1}"}))
+    path.write_text(
+        _compare(str(run / "tuned.json"), {"{preset: adam}": "{preset: adam, learning_rate: 0.1}"})
+    )
     with pytest.raises(config.ConfigError, match="'optimizers.adam.learning_rate' is set by the tuned cell"):
         config.load_experiment(path, "compare")
 
@@ -262,7 +281,7 @@ SHARDED = textwrap.dedent(
 
 
 def _sharded_run(devices: int) -> dict:
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    env = cpu_devices_env(devices)
     out = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     regime_map = commands.add_parser(
         "map", help="the sweep in every regime of a map: where each of the paper's claims holds"
     )
-    regime_map.add_argument("--config", help="a map YAML file (default: configs/mnist1d_map.yaml's, built in)")
+    regime_map.add_argument("--config", help="a map YAML file (default: configs/mnist1d_map.yaml)")
     regime_map.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                             help="override a value, e.g. --set sweep.data.seed=7 (repeatable)")
     regime_map.add_argument("--out", default="runs", help="the parent directory of run directories")

@@ -611,8 +611,13 @@ def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str]
     * ``data``: ``{name: mnist1d | digits | text, ...}`` with the keyword arguments of
       :func:`optim_chain.lab.data.mnist1d`, :func:`optim_chain.lab.data.digits` or
       :func:`optim_chain.lab.data.text`.
-    * ``model``: ``{name: cnn, channels: 25, layer_norm: false}`` (MNIST-1D), ``{name: mlp, hidden: [128],
-      layer_norm: true}`` or ``{name: transformer, d_model: 64, num_heads: 4, num_layers: 2}``.
+    * ``model``: ``{name: cnn, channels: 25, layer_norm: false}`` (MNIST-1D), ``{name: mlp,
+      hidden: [128], layer_norm: true}`` or ``{name: transformer, d_model: 64, num_heads: 4,
+      num_layers: 2}``.
+    * ``tuned`` (compare): ``{regime: name}`` (and optionally ``file``, a ``tuned.json`` of
+      ``optim-chain map``; default: the one shipped in ``optim_chain/lab/results/``) sets each
+      optimizer's learning rate and decay to its tuned cell in that regime; the model and
+      ``data.train_size`` must be the regime's.
     * ``training``: ``steps``, ``batch_size``, ``eval_every``, ``seeds``, ``first_seed``,
       ``schedule`` (``constant`` or ``cosine``) and, in a sweep, ``final_seeds`` (see :class:`Training`).
     * ``optimizers``: label -> an optimizer mapping, or the path of an optimizer file (relative
@@ -932,7 +937,9 @@ def _with_tuned_cells(
         spec = _mapping(spec, here)
         for key in ("learning_rate", "weight_decay"):
             if key in spec:
-                raise here.child(key).error(f"is set by the tuned cell of regime {tuned['regime']!r}; leave it out")
+                raise here.child(key).error(
+                    f"is set by the tuned cell of regime {tuned['regime']!r}; leave it out"
+                )
         preset = PRESETS.get(spec.get("preset"))
         cell = {"learning_rate": cells[label]["learning_rate"]}
         if preset is not None and "weight_decay" in inspect.signature(preset).parameters:
@@ -999,7 +1006,10 @@ def load_map(path: str | Path, overrides: Sequence[str] = ()) -> tuple[str, list
         merged["name"] = label
         if "model" in regime:
             merged["model"] = regime["model"]
-        merged["data"] = {**_mapping(merged.get("data"), sweep_where.child("data")), **_mapping(regime.get("data"), here.child("data"))}
+        merged["data"] = {
+            **_mapping(merged.get("data"), sweep_where.child("data")),
+            **_mapping(regime.get("data"), here.child("data")),
+        }
         description = regime.get("description", label)
         if not isinstance(description, str):
             raise here.child("description").error(f"must be text, got {description!r}")

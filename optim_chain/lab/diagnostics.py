@@ -114,6 +114,7 @@ def effective_decay(
         zero the last step decays nothing, and the schedule's peak (step 0 for a cosine) is the
         step that compares conventions.
     """
+
     def at(state: Any) -> int:
         return _last_step(state) if step is None else step
 

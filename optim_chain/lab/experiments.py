@@ -57,8 +57,10 @@ def compare(
     dataset = draws[0] if draws else build.load_data(experiment)
     model = build.model(experiment, dataset)
     if experiment.tuned is not None:
-        echo(f"regime {experiment.tuned['regime']}: {experiment.tuned['description']}; tuned cells from "
-             f"{experiment.tuned['file']}")
+        echo(
+            f"regime {experiment.tuned['regime']}: {experiment.tuned['description']}; tuned cells from "
+            f"{experiment.tuned['file']}"
+        )
     bar = reports.progress_bar(training.steps * len(experiment.optimizers), progress, "compare")
     results: dict[str, Any] = {}
     curves: dict[str, dict[str, np.ndarray]] = {}
@@ -207,8 +209,12 @@ def _compare_table(results: dict[str, Any], summary: dict[str, Any], differences
     header = ["optimizer", "test accuracy", "test loss", "weight norm", "decayed params", "accuracy 95% CI"]
     lines = [reports.markdown_table(header, rows)]
     if differences:
-        lines += ["", "Paired differences in test accuracy (same seeds and data draws):", "",
-                  differences_table(differences)]
+        lines += [
+            "",
+            "Paired differences in test accuracy (same seeds and data draws):",
+            "",
+            differences_table(differences),
+        ]
     return "\n".join(lines)
 
 
@@ -233,9 +239,13 @@ def _compare_summary(
         f"data.seed + seed, for every optimizer). Wall time {wall:.1f} s.",
         "",
         *(
-            [f"Regime `{experiment.tuned['regime']}` ({experiment.tuned['description']}); tuned cells "
-             f"read from `{experiment.tuned['file']}`.", ""]
-            if experiment.tuned else []
+            [
+                f"Regime `{experiment.tuned['regime']}` ({experiment.tuned['description']}); tuned cells "
+                f"read from `{experiment.tuned['file']}`.",
+                "",
+            ]
+            if experiment.tuned
+            else []
         ),
         "Mean ± standard deviation over seeds, at the end of training. *Weight norm* is the L2 norm of",
         "the kernels and embeddings (the leaves the default mask decays), for every optimizer alike;",
@@ -309,8 +319,12 @@ def sweep(
             model, dataset, build.run_optimizer(spec, training), training.batch_size, training.eval_every
         )
 
-        def train(cells: list[tuple[float, float]], stage: str, trainer: Trainer = trainer, label: str = label):
-            bar.set_description(f"{experiment.name}: {label}, {stage} ({len(cells) * len(tuning_seeds)} runs)")
+        def train(
+            cells: list[tuple[float, float]], stage: str, trainer: Trainer = trainer, label: str = label
+        ):
+            bar.set_description(
+                f"{experiment.name}: {label}, {stage} ({len(cells) * len(tuning_seeds)} runs)"
+            )
             return _train_cells(trainer, cells, tuning_seeds, tuning_data, training.steps, bar.update)
 
         started = time.perf_counter()
@@ -328,12 +342,16 @@ def sweep(
             bar.set_description(f"{experiment.name}: {label} at its tuned cell, on the test split")
             result["final"] = _final_test(experiment, model, dataset, spec, tuned, final_seeds, bar.update)
         results[label] = result
-        timing[label] = {"vmapped_seconds": result["tuning_seconds"], "runs": len(evaluated) * len(tuning_seeds)}
+        timing[label] = {
+            "vmapped_seconds": result["tuning_seconds"],
+            "runs": len(evaluated) * len(tuning_seeds),
+        }
         if experiment.baseline_runs:
             bar.set_description(f"{experiment.name}: {label} one run at a time")
             timing[label].update(
-                _sequential_timing(trainer, lrs, wds, tuning_seeds, tuning_data, experiment.baseline_runs,
-                                   training.steps)
+                _sequential_timing(
+                    trainer, lrs, wds, tuning_seeds, tuning_data, experiment.baseline_runs, training.steps
+                )
             )
     bar.close()
     path = reports.output_dir(out_dir, experiment.name)
@@ -389,9 +407,11 @@ def _sweep_steps(experiment: Experiment) -> int:
         cells += len(grid.learning_rate) * len(grid.weight_decay)
         if experiment.refine:
             lr_best, wd_best = grid.learning_rate[0], grid.weight_decay[-1]
-            cells += len(tuning.refine(grid.learning_rate, lr_best)) * len(
-                tuning.refine(grid.weight_decay, wd_best)
-            ) - 1
+            cells += (
+                len(tuning.refine(grid.learning_rate, lr_best))
+                * len(tuning.refine(grid.weight_decay, wd_best))
+                - 1
+            )
     return (cells * training.seeds + len(experiment.grids) * training.final_seeds) * training.steps
 
 
@@ -419,13 +439,15 @@ def _train_cells(
     )
     loss = run.test_loss[:, -1]
     error = 1.0 - run.test_accuracy[:, -1]
-    bad = tuning.diverged(run.train_loss, loss, trainer.dataset.num_classes)
+    bad = tuning.diverged(run.train_loss, loss, run.test_accuracy[:, -1], trainer.dataset.num_classes)
     shape = (len(cells), len(seeds))
     error, loss, bad = error.reshape(shape), loss.reshape(shape), bad.reshape(shape)
     return {cell: {"error": error[k], "loss": loss[k], "diverged": bad[k]} for k, cell in enumerate(cells)}
 
 
-def _tuned(evaluated: dict[tuple[float, float], dict[str, np.ndarray]]) -> tuple[tuple[float, float] | None, str]:
+def _tuned(
+    evaluated: dict[tuple[float, float], dict[str, np.ndarray]],
+) -> tuple[tuple[float, float] | None, str]:
     """The tuned cell under the stability rule, and which part of the rule chose it."""
     cells = list(evaluated)
     scores = np.array([evaluated[c]["error"].mean() for c in cells])
@@ -453,7 +475,9 @@ def _grid_result(
     bootstrap intervals over the tuning draws), every cell of both stages, and the heatmap panel."""
     grid = experiment.grids[label]
     lrs, wds = np.asarray(grid.learning_rate), np.asarray(grid.weight_decay)
-    error = np.array([[evaluated[(lr, wd)]["error"] for wd in grid.weight_decay] for lr in grid.learning_rate])
+    error = np.array(
+        [[evaluated[(lr, wd)]["error"] for wd in grid.weight_decay] for lr in grid.learning_rate]
+    )
     loss = np.array([[evaluated[(lr, wd)]["loss"] for wd in grid.weight_decay] for lr in grid.learning_rate])
     trained = np.array(
         [[not evaluated[(lr, wd)]["diverged"].any() for wd in grid.weight_decay] for lr in grid.learning_rate]
@@ -467,7 +491,9 @@ def _grid_result(
     result: dict[str, Any] = {
         "chain": str(
             build.scheduled_optimizer(
-                spec, experiment.training.schedule, experiment.training.steps,
+                spec,
+                experiment.training.schedule,
+                experiment.training.steps,
                 {"learning_rate": float(lrs[0]), "weight_decay": float(wds[0])},
             )
         ),
@@ -491,7 +517,9 @@ def _grid_result(
             "learning_rate": tuned[0],
             "weight_decay": tuned[1],
             "test_error": float(tuned_score.mean()),
-            "test_error_ci95": statistics.mean_interval(tuned_score).as_dict() if len(tuned_score) >= 2 else None,
+            "test_error_ci95": statistics.mean_interval(tuned_score).as_dict()
+            if len(tuned_score) >= 2
+            else None,
             "rule": rule,
         },
         "separability": sep._asdict(),
@@ -505,8 +533,7 @@ def _grid_result(
         "trained": trained,
         "separability": sep,
     }
-    if tuned in [(lr, wd) for lr in grid.learning_rate for wd in grid.weight_decay]:
-        panel["best_cell"] = (list(grid.learning_rate).index(tuned[0]), list(grid.weight_decay).index(tuned[1]))
+    panel["best_cell"] = (_position(tuned[0], lrs), _position(tuned[1], wds))
     per_draw = np.moveaxis(error, -1, 0)  # [draw, lr, wd]
     if per_draw.shape[0] >= 2:
         result["separability_ci95"] = {
@@ -524,6 +551,15 @@ def _grid_result(
         )
     result["per_seed_error"] = per_draw
     return result, panel
+
+
+def _position(value: float, axis: np.ndarray) -> float:
+    """Where ``value`` sits on a heatmap axis of cells ``0 .. len(axis) - 1`` (log scale): a
+    tuned cell of the fine stage falls between the coarse cells."""
+    if len(axis) == 1 or value <= 0 or np.any(axis <= 0):
+        return float(np.argmin(np.abs(axis - value)))
+    order = np.argsort(axis)
+    return float(np.interp(np.log10(value), np.log10(axis[order]), order))
 
 
 def _half_width(values: np.ndarray) -> float:
@@ -562,7 +598,7 @@ def _final_test(
         hyperparams, seeds, training.steps, progress=lambda n: progress(n * len(seeds)), datasets=draws
     )
     accuracy = run.test_accuracy[:, -1]
-    bad = tuning.diverged(run.train_loss, run.test_loss[:, -1], dataset.num_classes)
+    bad = tuning.diverged(run.train_loss, run.test_loss[:, -1], accuracy, dataset.num_classes)
     return {
         "learning_rate": cell[0],
         "weight_decay": cell[1],
@@ -673,7 +709,10 @@ def _claims(results: dict[str, Any], worst: float) -> list[dict[str, Any]]:
             def interaction_gap(index: np.ndarray, a: dict = a, b: dict = b) -> float:
                 sa, sb = (
                     diagnostics.separability(
-                        r["per_seed_error"][index].mean(0), r["learning_rates"], r["weight_decays"], worst,
+                        r["per_seed_error"][index].mean(0),
+                        r["learning_rates"],
+                        r["weight_decays"],
+                        worst,
                         trained=r["trained"],
                     )
                     for r in (a, b)
@@ -725,7 +764,9 @@ def _sequential_timing(
     for index in indices:
         one = {"learning_rate": np.float32(cells[index][0]), "weight_decay": np.float32(cells[index][1])}
         draw = None if datasets is None else datasets[:1]
-        times.append(trainer.run(one, seeds[:1], steps, batched=False, compiled=compiled, datasets=draw).seconds)
+        times.append(
+            trainer.run(one, seeds[:1], steps, batched=False, compiled=compiled, datasets=draw).seconds
+        )
     out: dict[str, Any] = {"sequential_runs_timed": len(times), "sequential_run_seconds": times}
     total = len(cells) * len(seeds)
     if len(times) >= 2:
@@ -832,8 +873,12 @@ def _sweep_summary(
         "",
     ]
     if metrics["paired_differences"]:
-        lines += ["## Paired differences in test accuracy (same draws)", "",
-                  differences_table(metrics["paired_differences"]), ""]
+        lines += [
+            "## Paired differences in test accuracy (same draws)",
+            "",
+            differences_table(metrics["paired_differences"]),
+            "",
+        ]
     if timing:
         lines += ["## Timing", "", "```", timing, "```", ""]
     lines += ["![heatmaps](heatmaps.png)", "", "## Every cell trained (both stages)", ""]

@@ -115,13 +115,14 @@ def heatmaps(
     error in percent and, under it, the half-width of its 95% interval; cells where a run
     diverged say so and take no part in the separability numbers; white dots mark the best
     weight decay of each learning rate used in the slope fit (grey ones the rows left out), a
-    star the tuned cell of the grid.
+    star the tuned cell (between the coarse cells where the fine stage found it).
 
     Args:
       path: the PNG to write.
       rows: for each row, panels ``{"label", "learning_rates", "weight_decays", "metric",
         "error", "separability": Separability}`` and optionally ``"trained"`` (``bool[lr,
-        wd]``), ``"error_half_width"`` and ``"separability_ci95"`` (``{"slope",
+        wd]``), ``"best_cell"`` (the tuned cell's position in cells, fractional between them),
+        ``"error_half_width"`` and ``"separability_ci95"`` (``{"slope",
         "interaction"}`` intervals, in the title); the grid arrays are ``[lr, wd]``.
       metric_name: what the colour shows.
       worst: the clipping value of the colour scale.
@@ -181,11 +182,24 @@ def _heatmap_panel(
     best_j = np.array([list(wds).index(w) for w in sep.best_weight_decay])
     used = np.asarray(sep.rows_used)
     ys = np.arange(len(lrs))
-    ax.plot(best_j[used], ys[used], "o-", color="white", markersize=5, markeredgecolor="k",
-            label="best wd of each lr (in the slope fit)")
+    ax.plot(
+        best_j[used],
+        ys[used],
+        "o-",
+        color="white",
+        markersize=5,
+        markeredgecolor="k",
+        label="best wd of each lr (in the slope fit)",
+    )
     if (~used).any():
-        ax.plot(best_j[~used], ys[~used], "o", color="0.6", markersize=4,
-                label="best wd, lr left out (did not train)")
+        ax.plot(
+            best_j[~used],
+            ys[~used],
+            "o",
+            color="0.6",
+            markersize=4,
+            label="best wd, lr left out (did not train)",
+        )
     best = panel.get("best_cell")
     if best is None:
         best = np.unravel_index(np.argmin(shown), shown.shape)

@@ -116,16 +116,24 @@ def map_table(per_regime: dict[str, Any]) -> str:
         row = [name]
         for label in labels:
             entry = r["summary"].get(label, {}).get("test_accuracy")
-            row.append("n/a" if entry is None else f"{100 * entry['mean']:.1f} [{100 * entry['ci95'][0]:.1f}, "
-                       f"{100 * entry['ci95'][1]:.1f}]")
+            row.append(
+                "n/a"
+                if entry is None
+                else f"{100 * entry['mean']:.1f} [{100 * entry['ci95'][0]:.1f}, {100 * entry['ci95'][1]:.1f}]"
+            )
         rows.append(row)
     accuracy = reports.markdown_table(["regime", *labels], rows)
     rows = []
     for name, r in per_regime.items():
         d = r["paired_differences"]
         decayed = d.get(experiments.DECAY_MATTERS, {}).get("optimizer")
-        rows.append([name, *(_cell(d.get(column)) for column in COLUMNS[:-1]),
-                     _cell(d.get(experiments.DECAY_MATTERS)) + (f" ({decayed})" if decayed else "")])
+        rows.append(
+            [
+                name,
+                *(_cell(d.get(column)) for column in COLUMNS[:-1]),
+                _cell(d.get(experiments.DECAY_MATTERS)) + (f" ({decayed})" if decayed else ""),
+            ]
+        )
     header = ["regime", *COLUMNS[:-1], "best decayed - adam"]
     return accuracy + "\n\n" + reports.markdown_table(header, rows)
 

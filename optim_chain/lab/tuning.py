@@ -7,13 +7,15 @@ own data set and initialisation). The rule, in three parts:
 1. **A run diverged** when a loss it reports is not finite, when the mean training loss of an
    evaluation interval exceeds twice ``log(num_classes)`` (twice a uniform guess's loss: a
    blow-up), or when that of a later interval exceeds the first interval's by more than 0.1 (a
-   spike or a collapse after learning, which the run may or may not recover from). A run that
-   learns slowly or not at all is not diverged, only bad.
+   spike or a collapse after learning, which the run may or may not recover from), or when its
+   final accuracy is within 5 points of a uniform guess's (a dead network). A run that learns
+   slowly is not diverged, only bad.
 2. **A cell is stable** when none of its runs diverged.
 3. **A cell may be chosen** when it is stable, no smaller learning rate at the same weight decay
    has an unstable cell (it is not past the edge of stability, where a stable cell is a fluke of
-   the draws), and the next larger learning rate at the same weight decay, where it was trained,
-   is stable too (a margin: a cell right at the edge fails on some of the draws that test it).
+   the draws), and no unstable cell lies within half a decade above its learning rate, at its
+   decay or at a decay within half a decade of it (a margin: a cell right at the edge fails on
+   some of the draws that test it).
 
 Among the cells that may be chosen, the tuned cell has the lowest mean validation error.
 
@@ -25,9 +27,9 @@ Example::
 
     >>> import numpy as np
     >>> from optim_chain.lab import tuning
-    >>> cells = [(0.01, 0.0), (0.1, 0.0), (1.0, 0.0)]
+    >>> cells = [(0.01, 0.0), (0.1, 0.0), (0.3, 0.0)]
     >>> stable = np.array([True, True, False])
-    >>> tuning.may_choose(cells, stable).tolist()   # 0.1 sits next to a learning rate that diverges
+    >>> tuning.may_choose(cells, stable).tolist()   # 0.1 sits half a decade below a divergence
     [True, False, False]
     >>> tuning.refine([1e-3, 1e-2, 1e-1], 1e-2)
     [0.0031622776601683794, 0.01, 0.0316227766016838]
@@ -46,24 +48,32 @@ Cell = tuple[float, float]
 BLOW_UP = 2.0
 #: A run collapsed when a later interval's mean training loss exceeds the first's by this much.
 RISE = 0.1
+#: A cell needs every learning rate up to this factor above it to be stable (half a decade).
+MARGIN = math.sqrt(10.0)
+#: A run died when its final accuracy is at most a uniform guess's plus this much.
+DEAD = 0.05
 
 #: The rule in one sentence, as results state it.
 RULE = (
     "the lowest mean validation error among cells where no tuning run diverged (a non-finite loss, an "
-    "interval's training loss above twice a uniform guess's, or a later interval's 0.1 above the "
-    "first's), that are not past the edge of stability "
-    "(a smaller learning rate at the same decay diverged) and whose next larger learning rate at the "
-    "same decay, where trained, did not diverge either."
+    "interval's training loss above twice a uniform guess's, a later interval's 0.1 above the first's, "
+    "or a final accuracy within 5 points of a uniform guess's), that are not past the edge of "
+    "stability (a smaller learning rate at the same decay diverged), and with no diverged cell up to "
+    "half a decade above their learning rate, at their decay or one within half a decade."
 )
 
 
-def diverged(train_loss: np.ndarray, final_loss: np.ndarray, num_classes: int) -> np.ndarray:
+def diverged(
+    train_loss: np.ndarray, final_loss: np.ndarray, final_accuracy: np.ndarray, num_classes: int
+) -> np.ndarray:
     """``bool[runs]``: which runs diverged (rule 1 of the module docstring).
 
     Args:
       train_loss: ``float[runs, evaluations]``, the mean training loss of each interval.
       final_loss: ``float[runs]``, the final evaluation loss.
-      num_classes: the number of classes; ``log(num_classes)`` is a uniform guess's loss.
+      final_accuracy: ``float[runs]``, the final evaluation accuracy.
+      num_classes: the number of classes: ``log(num_classes)`` is a uniform guess's loss,
+        ``1 / num_classes`` its accuracy.
     """
     train_loss = np.asarray(train_loss, np.float64)
     final_loss = np.asarray(final_loss, np.float64)
@@ -71,7 +81,8 @@ def diverged(train_loss: np.ndarray, final_loss: np.ndarray, num_classes: int) -
     with np.errstate(invalid="ignore"):
         blew_up = np.any(train_loss > BLOW_UP * math.log(num_classes), axis=-1)
         rose = np.any(train_loss[:, 1:] > train_loss[:, :1] + RISE, axis=-1)
-    return not_finite | blew_up | rose
+        dead = np.asarray(final_accuracy, np.float64) <= 1.0 / num_classes + DEAD
+    return not_finite | blew_up | rose | dead
 
 
 def may_choose(cells: Sequence[Cell], stable: np.ndarray) -> np.ndarray:
@@ -86,14 +97,23 @@ def may_choose(cells: Sequence[Cell], stable: np.ndarray) -> np.ndarray:
     for index, (lr, wd) in enumerate(cells):
         if not stable[index]:
             continue
-        row = [(other_lr, other) for other, (other_lr, other_wd) in enumerate(cells) if other_wd == wd]
-        below = [other for other_lr, other in row if other_lr < lr]
-        above = sorted((other_lr, other) for other_lr, other in row if other_lr > lr)
-        if any(not stable[other] for other in below):
-            allowed[index] = False  # past the edge of stability
-        elif above and not stable[above[0][1]]:
-            allowed[index] = False  # at the edge: no margin
+        for other, (other_lr, other_wd) in enumerate(cells):
+            if stable[other]:
+                continue
+            if other_wd == wd and other_lr < lr:
+                allowed[index] = False  # past the edge of stability
+            elif _near(other_wd, wd) and lr < other_lr <= lr * MARGIN * (1 + 1e-9):
+                allowed[index] = False  # at the edge: no margin
     return allowed
+
+
+def _near(a: float, b: float) -> bool:
+    """Whether two decays are the same or at most half a decade apart."""
+    if a == b:
+        return True
+    if a <= 0 or b <= 0:
+        return False
+    return abs(math.log10(a / b)) <= 0.5 + 1e-9
 
 
 def choose(scores: np.ndarray, allowed: np.ndarray) -> int | None:
@@ -126,8 +146,4 @@ def refine(values: Sequence[float], best: float) -> list[float]:
 
 def fine_cells(learning_rates: Sequence[float], weight_decays: Sequence[float], best: Cell) -> list[Cell]:
     """The fine stage's cells around the coarse grid's ``best`` (the best cell itself included)."""
-    return [
-        (lr, wd)
-        for lr in refine(learning_rates, best[0])
-        for wd in refine(weight_decays, best[1])
-    ]
+    return [(lr, wd) for lr in refine(learning_rates, best[0]) for wd in refine(weight_decays, best[1])]
