@@ -118,10 +118,10 @@ def test_show_prints_chains(capsys):
 
 
 def test_masks_lists_decayed_parameters(capsys):
-    assert cli.main(["masks"]) == 0  # the default experiment: the MNIST-1D CNN
+    assert cli.main(["masks"]) == 0  # the default experiment: the MNIST-1D CNN with LayerNorm
     out = capsys.readouterr().out
-    assert "adam:" in out and "0 of 8 leaves decay" in out
-    assert "4 of 8 leaves decay (5,125 of 5,210 parameters)" in out
+    assert "adam:" in out and "0 of 14 leaves decay" in out
+    assert "4 of 14 leaves decay (5,125 of 5,360 parameters)" in out  # kernels only
 
 
 def test_bench_dispatches_lazily_or_explains(monkeypatch, capsys):

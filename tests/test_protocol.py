@@ -77,7 +77,7 @@ def test_the_sweep_tunes_on_validation_and_reads_the_test_split_once(tmp_path, m
     claims = metrics["claims"]
     assert [c["verdict"] in ("reproduced", "not reproduced", "inconclusive") for c in claims] == [True, True]
     summary = (out / "tiny" / "summary.md").read_text()
-    assert "## At the tuned cells, on the test split" in summary and summary.rstrip().endswith("|")
+    assert "test accuracy [95% CI]" in summary and "## Paired differences in test accuracy" in summary
     assert "## Verdicts" in summary
 
 

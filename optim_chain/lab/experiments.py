@@ -1,16 +1,24 @@
 """Two experiments behind the command line: ``compare`` and ``sweep``
-(:mod:`optim_chain.lab.timescale_study` is the third).
+(:mod:`optim_chain.lab.regime_map` runs the sweep in several regimes,
+:mod:`optim_chain.lab.timescale_study` is the third).
+
+Run ``i`` of a group has seed ``first_seed + i`` and, for generated data (MNIST-1D), its own
+data set at ``data.seed + first_seed + i`` (:func:`optim_chain.lab.build.load_draws`); every
+optimizer sees the same draws, so differences are paired and intervals cover the data and the
+initialisation together.
 
 * :func:`compare` trains one model with several optimizers (by default every optimizer at its
-  tuned point on MNIST-1D) over several seeds, all seeds of an optimizer as one vmapped
-  program, and writes ``runs/<name>/``: ``summary.md``, ``metrics.json`` (95% intervals and the
-  paired differences decoupled minus coupled), ``curves.png`` and ``effective_decay.png``.
-* :func:`sweep` trains a learning-rate x weight-decay grid per optimizer, the whole grid as one
-  vmapped program, tunes each optimizer on the evaluation split (validation, in the default),
-  tests the tuned cell on new seeds, draws the heatmaps side by side (Loshchilov & Hutter,
-  Figure 2), computes separability numbers (:func:`optim_chain.lab.diagnostics.separability`)
-  with bootstrap intervals and a verdict per claim of the paper, and can time the same grid
-  trained one run at a time. It writes ``summary.md``, ``metrics.json`` and ``heatmaps.png``.
+  tuned cell in one regime of the map) over several draws, all draws of an optimizer as one
+  vmapped program, and writes ``runs/<name>/``: ``summary.md``, ``metrics.json`` (95% intervals
+  and the paired differences of :data:`PAIRS`), ``curves.png`` and ``effective_decay.png``.
+* :func:`sweep` trains a coarse learning-rate x weight-decay grid per optimizer as one vmapped
+  program, then a fine stage around its best cell, chooses the tuned cell by the rule of
+  :mod:`optim_chain.lab.tuning` on the evaluation split (validation, in the default), tests it
+  on new draws, draws the heatmaps side by side (Loshchilov & Hutter, Figure 2), computes
+  separability numbers over the cells that trained
+  (:func:`optim_chain.lab.diagnostics.separability`) with bootstrap intervals and a verdict per
+  claim of the paper, and can time grid cells trained one at a time. It writes ``summary.md``,
+  ``metrics.json`` and ``heatmaps.png``.
 """
 
 from __future__ import annotations

@@ -11,11 +11,12 @@ own data set and initialisation). The rule, in three parts:
    final accuracy is within 5 points of a uniform guess's (a dead network). A run that learns
    slowly is not diverged, only bad.
 2. **A cell is stable** when none of its runs diverged.
-3. **A cell may be chosen** when it is stable, no smaller learning rate at the same weight decay
-   has an unstable cell (it is not past the edge of stability, where a stable cell is a fluke of
-   the draws), and no unstable cell lies within half a decade above its learning rate, at its
-   decay or at a decay within half a decade of it (a margin: a cell right at the edge fails on
-   some of the draws that test it).
+3. **A cell may be chosen** when it is stable; when it is not past the edge of stability of its
+   decay (the smallest learning rate, above a stable one, at which a cell of that decay
+   diverged: a stable cell past it is a fluke of the draws, while cells that diverged below every
+   stable one only learned too slowly); and when no unstable cell lies within half a decade above
+   its learning rate, at its decay or at a decay within half a decade of it (a margin: a cell
+   right at the edge fails on some of the draws that test it).
 
 Among the cells that may be chosen, the tuned cell has the lowest mean validation error.
 
@@ -58,8 +59,9 @@ RULE = (
     "the lowest mean validation error among cells where no tuning run diverged (a non-finite loss, an "
     "interval's training loss above twice a uniform guess's, a later interval's 0.1 above the first's, "
     "or a final accuracy within 5 points of a uniform guess's), that are not past the edge of "
-    "stability (a smaller learning rate at the same decay diverged), and with no diverged cell up to "
-    "half a decade above their learning rate, at their decay or one within half a decade."
+    "stability (a smaller learning rate at the same decay, above a stable one, diverged), and with no "
+    "diverged cell up to half a decade above their learning rate, at their decay or one within half "
+    "a decade."
 )
 
 
@@ -94,17 +96,28 @@ def may_choose(cells: Sequence[Cell], stable: np.ndarray) -> np.ndarray:
     """
     stable = np.asarray(stable, bool)
     allowed = stable.copy()
+    edges = _edges(cells, stable)
     for index, (lr, wd) in enumerate(cells):
         if not stable[index]:
             continue
+        if lr > edges[wd]:
+            allowed[index] = False  # past the edge of stability
         for other, (other_lr, other_wd) in enumerate(cells):
-            if stable[other]:
-                continue
-            if other_wd == wd and other_lr < lr:
-                allowed[index] = False  # past the edge of stability
-            elif _near(other_wd, wd) and lr < other_lr <= lr * MARGIN * (1 + 1e-9):
+            if not stable[other] and _near(other_wd, wd) and lr < other_lr <= lr * MARGIN * (1 + 1e-9):
                 allowed[index] = False  # at the edge: no margin
     return allowed
+
+
+def _edges(cells: Sequence[Cell], stable: np.ndarray) -> dict[float, float]:
+    """The edge of stability of each decay: the smallest learning rate, above a stable one, at
+    which a cell diverged (cells that diverged below every stable one are too slow, not past an
+    edge); infinity where there is none."""
+    edges: dict[float, float] = {}
+    for wd in {wd for _, wd in cells}:
+        row = sorted((lr, bool(stable[k])) for k, (lr, other) in enumerate(cells) if other == wd)
+        first = next((i for i, (_, ok) in enumerate(row) if ok), len(row))
+        edges[wd] = next((lr for lr, ok in row[first:] if not ok), math.inf)
+    return edges
 
 
 def _near(a: float, b: float) -> bool:
