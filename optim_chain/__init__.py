@@ -34,6 +34,7 @@ __version__ = "0.1.0"
 #: Where each public name lives, module by module (``masks`` is the module itself).
 _MODULES: dict[str, tuple[str, ...]] = {
     "bias_correction": ("BiasCorrectionState", "correct_bias"),
+    "cautious_updates": ("caution",),
     "fusion": ("MULTI_OUTPUT_FUSION_FLAG", "multi_output_fusion_enabled", "single_pass"),
     "groups": ("describe_param_groups", "param_groups"),
     "learning_rate": ("LearningRateState", "scale_by_learning_rate"),

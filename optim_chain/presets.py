@@ -36,6 +36,7 @@ import jax
 
 from optim_chain import _validation
 from optim_chain.bias_correction import correct_bias
+from optim_chain.cautious_updates import caution as _caution
 from optim_chain.learning_rate import scale_by_learning_rate
 from optim_chain.moments import (
     accumulate_second_moment,
@@ -104,6 +105,13 @@ def _adam_core(
     if amsgrad_max_of == "corrected":
         parts += running_max
     return parts + [normalize_by_second_moment(eps, eps_root)]
+
+
+def _cautious(parts: list[Transform], caution: bool) -> list[Transform]:
+    """The Adam core as it is, or wrapped in :func:`~optim_chain.caution` (one part)."""
+    if not isinstance(caution, bool):
+        raise TypeError(f"caution must be a bool, got {caution!r}")
+    return [_caution(chain(*parts, name="adam_direction"))] if caution else parts
 
 
 def decay_multiplier(
@@ -315,6 +323,7 @@ def adam(
     amsgrad_max_of: str = "raw",
     bias_correction: bool = True,
     nesterov: bool = False,
+    caution: bool = False,
     moment_dtype: Any = None,
     skip_nonfinite: bool = False,
 ) -> Transform:
@@ -329,12 +338,18 @@ def adam(
     ``torch.optim.NAdam`` differs: it also decays the momentum coefficient over time
     (``momentum_decay=4e-3``, ``mu_t = b1 * (1 - 0.5 * 0.96^(t * momentum_decay))``), so its
     trajectory is another one.
+
+    ``caution=True`` wraps the moments, correction and normalization in
+    :func:`~optim_chain.caution` (Cautious Adam, timm's and pytorch_optimizer's ``caution``).
     """
     return _finish(
         "adam",
         [
-            *_adam_core(
-                b1, b2, eps, eps_root, amsgrad, amsgrad_max_of, bias_correction, moment_dtype, nesterov
+            *_cautious(
+                _adam_core(
+                    b1, b2, eps, eps_root, amsgrad, amsgrad_max_of, bias_correction, moment_dtype, nesterov
+                ),
+                caution,
             ),
             scale_by_learning_rate(learning_rate),
         ],
@@ -356,6 +371,7 @@ def adam_l2(
     amsgrad_max_of: str = "raw",
     bias_correction: bool = True,
     nesterov: bool = False,
+    caution: bool = False,
     moment_dtype: Any = None,
     skip_nonfinite: bool = False,
 ) -> Transform:
@@ -364,14 +380,18 @@ def adam_l2(
     ``lambda * theta`` joins the gradient *before* the moments, so its effect on each weight is
     divided by that weight's ``sqrt(vhat) + eps``. ``weight_decay`` may be a schedule;
     ``anchor`` pulls toward the initial params or a given tree instead of zero; ``nesterov``
-    as in :func:`adam`.
+    and ``caution`` as in :func:`adam` (the cautious mask compares with the gradient plus its
+    L2 term, which is what the moments see).
     """
     return _finish(
         "adam_l2",
         [
             add_l2_regularization(weight_decay, mask, anchor=anchor),
-            *_adam_core(
-                b1, b2, eps, eps_root, amsgrad, amsgrad_max_of, bias_correction, moment_dtype, nesterov
+            *_cautious(
+                _adam_core(
+                    b1, b2, eps, eps_root, amsgrad, amsgrad_max_of, bias_correction, moment_dtype, nesterov
+                ),
+                caution,
             ),
             scale_by_learning_rate(learning_rate),
         ],
@@ -396,6 +416,7 @@ def adamw(
     amsgrad_max_of: str = "raw",
     bias_correction: bool = True,
     nesterov: bool = False,
+    caution: bool = False,
     moment_dtype: Any = None,
     skip_nonfinite: bool = False,
 ) -> Transform:
@@ -407,13 +428,17 @@ def adamw(
     ``nesterov=True`` matches ``optax.nadamw`` (see :func:`adam` for torch's NAdam).
     ``weight_decay`` may be a schedule; ``cautious_weight_decay`` decays only where the step
     and the weight agree in sign; ``anchor`` pulls toward the initial params (``"init"``) or a
-    given tree (see :func:`~optim_chain.decoupled_weight_decay`).
+    given tree (see :func:`~optim_chain.decoupled_weight_decay`). ``caution=True`` masks Adam's
+    direction, not the decay (:func:`~optim_chain.caution`; timm's ``AdamWLegacy(caution=True)``).
     """
     return _finish(
         "adamw",
         [
-            *_adam_core(
-                b1, b2, eps, eps_root, amsgrad, amsgrad_max_of, bias_correction, moment_dtype, nesterov
+            *_cautious(
+                _adam_core(
+                    b1, b2, eps, eps_root, amsgrad, amsgrad_max_of, bias_correction, moment_dtype, nesterov
+                ),
+                caution,
             ),
             scale_by_learning_rate(learning_rate),
             decoupled_weight_decay(
