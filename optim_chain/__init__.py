@@ -65,6 +65,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "sgd_l2",
         "sgdw",
     ),
+    "stable_weight_decay": ("StableWeightDecayState", "adams", "with_stable_weight_decay"),
     "timescale": (
         "convert_weight_decay",
         "normalized_weight_decay",
