@@ -65,6 +65,11 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "sgd_l2",
         "sgdw",
     ),
+    "selective_projection_decay": (
+        "SelectiveProjectionDecayState",
+        "adam_spd",
+        "with_selective_projection_decay",
+    ),
     "stable_weight_decay": ("StableWeightDecayState", "adams", "with_stable_weight_decay"),
     "timescale": (
         "convert_weight_decay",
