@@ -37,6 +37,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "cautious_updates": ("caution",),
     "fusion": ("MULTI_OUTPUT_FUSION_FLAG", "multi_output_fusion_enabled", "single_pass"),
     "groups": ("describe_param_groups", "param_groups"),
+    "hyperball": ("HyperballState", "adamh", "scale_on_sphere"),
     "learning_rate": ("LearningRateState", "scale_by_learning_rate"),
     "masks": ("default_decay_mask", "describe_mask"),
     "moments": (
