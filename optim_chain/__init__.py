@@ -84,6 +84,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "WeightDecayState",
         "add_l2_regularization",
         "decoupled_weight_decay",
+        "with_gradient_support",
     ),
     "wrappers": ("with_decoupled_weight_decay",),
 }

@@ -49,7 +49,12 @@ from optim_chain.momentum import add_momentum
 from optim_chain.nonfinite import skip_nonfinite as _skip_nonfinite
 from optim_chain.normalization import normalize_by_second_moment
 from optim_chain.transform import Transform, chain
-from optim_chain.weight_decay import Anchor, add_l2_regularization, decoupled_weight_decay
+from optim_chain.weight_decay import (
+    Anchor,
+    add_l2_regularization,
+    decoupled_weight_decay,
+    with_gradient_support,
+)
 
 Schedule = Callable[[jax.Array], Any]
 LearningRate = float | Schedule
@@ -70,11 +75,14 @@ def _sgd_direction(momentum: float, nesterov: bool, moment_dtype: Any = None) ->
     return [add_momentum(momentum, nesterov, moment_dtype)] if momentum else []
 
 
-def _finish(name: str, parts: list[Transform], skip_nonfinite: bool) -> Transform:
-    """The preset's chain, wrapped in :func:`~optim_chain.skip_nonfinite` when asked."""
+def _finish(name: str, parts: list[Transform], skip_nonfinite: bool, lazy: bool = False) -> Transform:
+    """The preset's chain, told where the gradient is non-zero when a decay is lazy, and wrapped
+    in :func:`~optim_chain.skip_nonfinite` when asked."""
     if not isinstance(skip_nonfinite, bool):
         raise TypeError(f"skip_nonfinite must be a bool, got {skip_nonfinite!r}")
     optimizer = chain(*parts, name=name)
+    if lazy:
+        optimizer = with_gradient_support(optimizer)
     return _skip_nonfinite(optimizer) if skip_nonfinite else optimizer
 
 
@@ -226,13 +234,14 @@ def sgdw(
     *,
     cautious_weight_decay: bool = False,
     anchor: Anchor = None,
+    lazy_weight_decay: bool = False,
     moment_dtype: Any = None,
     skip_nonfinite: bool = False,
 ) -> Transform:
     """SGDW (the paper's Algorithm 1): decay applied to the parameters, outside the momentum.
 
     ``decay_scaling`` picks ``eta_t`` (:func:`decay_multiplier`); ``weight_decay`` may be a
-    schedule; ``cautious_weight_decay`` and ``anchor`` as in
+    schedule; ``cautious_weight_decay``, ``anchor`` and ``lazy_weight_decay`` as in
     :func:`~optim_chain.decoupled_weight_decay`.
     """
     return _finish(
@@ -246,9 +255,11 @@ def sgdw(
                 mask,
                 cautious_weight_decay=cautious_weight_decay,
                 anchor=anchor,
+                lazy_weight_decay=lazy_weight_decay,
             ),
         ],
         skip_nonfinite,
+        lazy_weight_decay,
     )
 
 
@@ -417,6 +428,7 @@ def adamw(
     bias_correction: bool = True,
     nesterov: bool = False,
     caution: bool = False,
+    lazy_weight_decay: bool = False,
     moment_dtype: Any = None,
     skip_nonfinite: bool = False,
 ) -> Transform:
@@ -430,6 +442,8 @@ def adamw(
     and the weight agree in sign; ``anchor`` pulls toward the initial params (``"init"``) or a
     given tree (see :func:`~optim_chain.decoupled_weight_decay`). ``caution=True`` masks Adam's
     direction, not the decay (:func:`~optim_chain.caution`; timm's ``AdamWLegacy(caution=True)``).
+    ``lazy_weight_decay=True`` decays only the entries whose gradient this step is non-zero
+    (embedding rows of tokens absent from the batch are left alone).
     """
     return _finish(
         "adamw",
@@ -447,7 +461,9 @@ def adamw(
                 mask,
                 cautious_weight_decay=cautious_weight_decay,
                 anchor=anchor,
+                lazy_weight_decay=lazy_weight_decay,
             ),
         ],
         skip_nonfinite,
+        lazy_weight_decay,
     )

@@ -145,9 +145,11 @@ def _decay_selected(
     params: Any,
     reference: Any,
     decay: Callable[[jax.Array, jax.Array], jax.Array],
+    support: Any = None,
 ) -> Any:
     """``decay(update, theta - reference)`` on the leaves that ``mask`` selects; others pass through.
 
+    ``support`` (a bool tree like the updates) keeps the decay to its true entries (lazy decay).
     ``updates=None`` (an empty tree, as optax allows) comes back as ``None``.
     """
     if updates is None:
@@ -160,11 +162,26 @@ def _decay_selected(
     leaves, treedef = jax.tree.flatten(updates)
     param_leaves = jax.tree.leaves(params)
     references = [None] * len(leaves) if reference is None else treedef.flatten_up_to(reference)
+    supports = [None] * len(leaves) if support is None else treedef.flatten_up_to(support)
     out = []
-    for u, p, ref, flag in zip(leaves, param_leaves, references, flags):
+    for u, p, ref, flag, keep in zip(leaves, param_leaves, references, flags, supports):
         target = p if ref is None else p - jnp.asarray(ref).astype(p.dtype)
+        if keep is not None:
+            target = jnp.where(keep, target, jnp.zeros_like(target))
         out.append(cast(decay(u, target), u.dtype) if flag else u)
     return jax.tree.unflatten(treedef, out)
+
+
+def with_gradient_support(inner: Transform) -> Transform:
+    """``inner`` (a chain) told where this step's gradient is non-zero, through the extra argument
+    ``gradient_support`` that every part receives: what ``lazy_weight_decay`` reads. It prints,
+    holds its state and takes apart as ``inner`` does."""
+
+    def update(updates: Any, state: Any, params: Any = None, **extra: Any):
+        support = None if updates is None else jax.tree.map(lambda g: g != 0, updates)
+        return inner.update(updates, state, params, gradient_support=support, **extra)
+
+    return Transform(inner.init, update, name=inner.name, hyperparams=inner.hyperparams, parts=inner.parts)
 
 
 def add_l2_regularization(
@@ -234,6 +251,7 @@ def decoupled_weight_decay(
     *,
     cautious_weight_decay: bool = False,
     anchor: Anchor = None,
+    lazy_weight_decay: bool = False,
 ) -> Transform:
     r"""Decoupled weight decay: shrinks the parameters directly, outside every preconditioner.
 
@@ -265,6 +283,11 @@ def decoupled_weight_decay(
       cautious_weight_decay: decay only where the step and the parameter agree in sign.
       anchor: ``theta_ref``: ``None`` is zero; ``"init"`` the params given to ``init``, kept in
         the state (one more copy of the params in memory); or a tree shaped like the params.
+      lazy_weight_decay: decay only the entries whose gradient this step is non-zero (rows of an
+        embedding whose tokens are absent from the batch keep their values). The decay sees the
+        gradient through the extra argument ``gradient_support``, which the presets' and
+        :func:`~optim_chain.with_decoupled_weight_decay`'s ``lazy_weight_decay=True`` pass (see
+        :func:`with_gradient_support`).
 
     The state is ``optax.EmptyState()``, or a :class:`WeightDecayState` counting steps when
     ``weight_decay`` or ``multiplier`` is a schedule, holding the initial params with
@@ -288,6 +311,8 @@ def decoupled_weight_decay(
     _check_anchor(anchor)
     if not isinstance(cautious_weight_decay, bool):
         raise TypeError(f"cautious_weight_decay must be a bool, got {cautious_weight_decay!r}")
+    if not isinstance(lazy_weight_decay, bool):
+        raise TypeError(f"lazy_weight_decay must be a bool, got {lazy_weight_decay!r}")
     # A decay known to be zero is left out of the arithmetic, not computed as ``u - 0 * theta``:
     # XLA fuses ``theta + lr * step`` into one FMA, which the extra term would split into two
     # roundings, and AdamW with ``weight_decay=0`` would no longer be Adam bit for bit under jit.
@@ -298,7 +323,13 @@ def decoupled_weight_decay(
         return _init_state(name, mask, anchor, callable(weight_decay) or callable(multiplier), params)
 
     def update(updates: Any, state: Any, params: Any = None, **extra: Any):
-        del extra
+        support = extra.get("gradient_support") if lazy_weight_decay else None
+        if lazy_weight_decay and support is None and updates is not None:
+            raise ValueError(
+                "decoupled_weight_decay(lazy_weight_decay=True) needs this step's gradient: build it with a "
+                "preset's or with_decoupled_weight_decay's lazy_weight_decay=True, or wrap the chain in "
+                "with_gradient_support"
+            )
         eta, lam = _at(multiplier, state), _at(weight_decay, state)
         factor = per_dtype(lambda dtype: jnp.asarray(eta, dtype) * jnp.asarray(lam, dtype))
 
@@ -314,7 +345,7 @@ def decoupled_weight_decay(
             return u - factor(scalar_dtype(u.dtype)) * target
 
         reference = _reference(anchor, state)
-        return _decay_selected(name, mask, updates, params, reference, decay), _next(state)
+        return _decay_selected(name, mask, updates, params, reference, decay, support), _next(state)
 
     return Transform(
         init,
@@ -325,6 +356,7 @@ def decoupled_weight_decay(
             "multiplier": multiplier,
             "mask": mask,
             **({"cautious_weight_decay": True} if cautious_weight_decay else {}),
+            **({"lazy_weight_decay": True} if lazy_weight_decay else {}),
             **_shown_anchor(anchor),
         },
     )

@@ -8,7 +8,7 @@ import optax
 
 from optim_chain.presets import DecayScaling, LearningRate, WeightDecay, decay_multiplier
 from optim_chain.transform import Transform, chain
-from optim_chain.weight_decay import Anchor, decoupled_weight_decay
+from optim_chain.weight_decay import Anchor, decoupled_weight_decay, with_gradient_support
 
 
 def with_decoupled_weight_decay(
@@ -21,6 +21,7 @@ def with_decoupled_weight_decay(
     peak_learning_rate: float | None = None,
     cautious: bool = False,
     anchor: Anchor = None,
+    lazy_weight_decay: bool = False,
 ) -> Transform:
     r"""``inner`` followed by decoupled weight decay: the W of AdamW for any optimizer.
 
@@ -51,6 +52,7 @@ def with_decoupled_weight_decay(
       peak_learning_rate: the schedule's maximum, for ``"schedule"`` and ``"corrected"``.
       cautious: decay only where ``inner``'s step and the parameter agree in sign.
       anchor: decay toward ``None`` (zero), ``"init"`` or a params-shaped tree.
+      lazy_weight_decay: decay only the entries whose gradient this step is non-zero.
 
     Returns:
       A chain ``(inner, decoupled_weight_decay)`` named ``with_decoupled_weight_decay``; its
@@ -79,5 +81,7 @@ def with_decoupled_weight_decay(
         mask,
         cautious_weight_decay=cautious,
         anchor=anchor,
+        lazy_weight_decay=lazy_weight_decay,
     )
-    return chain(optax.with_extra_args_support(inner), decay, name="with_decoupled_weight_decay")
+    combined = chain(optax.with_extra_args_support(inner), decay, name="with_decoupled_weight_decay")
+    return with_gradient_support(combined) if lazy_weight_decay else combined
