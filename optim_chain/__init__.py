@@ -53,6 +53,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "max_second_moment",
     ),
     "momentum": ("MomentumState", "add_momentum"),
+    "monitor": ("WeightDecayMonitorState", "monitor_weight_decay"),
     "nonfinite": ("SkipNonfiniteState", "skip_nonfinite"),
     "normalization": ("normalize_by_second_moment",),
     "presets": (
