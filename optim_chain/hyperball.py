@@ -24,6 +24,7 @@ from optim_chain.moments import estimate_moments
 from optim_chain.normalization import normalize_by_second_moment
 from optim_chain.presets import LearningRate
 from optim_chain.transform import Transform, chain
+from optim_chain.weight_decay import _at
 
 #: The smallest direction norm a step divides by.
 TINY = 1e-10
@@ -87,7 +88,7 @@ def scale_on_sphere(
         if params is None:
             raise ValueError("scale_on_sphere needs the params: call update(updates, state, params)")
         check_matching(updates, params)
-        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        lr = _at(learning_rate, state)
         flags = resolve_mask(mask, params, "scale_on_sphere mask")
         leaves, treedef = jax.tree.flatten(updates)
         steps = [

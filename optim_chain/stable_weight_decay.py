@@ -20,7 +20,7 @@ from optim_chain._tree import cast, check_float_params, increment
 from optim_chain.masks import resolve_mask
 from optim_chain.presets import DecayScaling, LearningRate, WeightDecay, adam, decay_multiplier
 from optim_chain.transform import Transform
-from optim_chain.weight_decay import _check_mask, _decay_selected
+from optim_chain.weight_decay import _at, _check_mask, _decay_selected
 
 
 class StableWeightDecayState(NamedTuple):
@@ -112,8 +112,7 @@ def with_stable_weight_decay(
         mean_square = b2 * state.mean_square + (1 - b2) * total / size
         count = increment(state.count)
         mean_vhat = mean_square / (1 - jnp.asarray(b2, dtype) ** count.astype(dtype))
-        eta = multiplier(state.count) if callable(multiplier) else multiplier
-        lam = weight_decay(state.count) if callable(weight_decay) else weight_decay
+        eta, lam = _at(multiplier, state), _at(weight_decay, state)
         factor = eta * lam / (jnp.sqrt(mean_vhat) + eps)
 
         def decay(u: jax.Array, theta: jax.Array) -> jax.Array:

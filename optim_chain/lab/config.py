@@ -171,6 +171,13 @@ def _number(value: Any, where: Where) -> float:
         raise where.error(f"is too large a number, got {value!r}") from None
 
 
+def _file_name(value: Any, where: Where) -> str:
+    """``value``, checked to be usable as a folder name: a run's or a regime's."""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+        raise where.error(f"must be a plain file name (letters, digits, _ . -), got {value!r}")
+    return value
+
+
 def _integer(value: Any, where: Where, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise where.error(f"must be an integer >= {minimum}, got {value!r}")
@@ -667,9 +674,7 @@ def parse_experiment(raw: dict[str, Any], kind: str, where: Where, base: Path = 
     """
     default = _DEFAULTS[kind]
     _check_keys(raw, _KEYS[kind], where)
-    name = raw.get("name", default["name"])
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise where.child("name").error(f"must be a plain file name (letters, digits, _ . -), got {name!r}")
+    name = _file_name(raw.get("name", default["name"]), where.child("name"))
     dataset = _data(raw.get("data", default["data"]), where.child("data"))
     model = _model(raw.get("model", default["model"]), dataset["name"], where.child("model"))
     training_raw = _mapping(raw.get("training", default["training"]), where.child("training"))
@@ -679,7 +684,7 @@ def parse_experiment(raw: dict[str, Any], kind: str, where: Where, base: Path = 
         raise where.child("optimizers").error("must name at least one optimizer")
     tuned = None
     if kind == "compare" and raw.get("tuned") is not None:
-        tuned = _tuned(raw["tuned"], dataset, model, training, where.child("tuned"), base)
+        tuned = _tuned_regime(raw["tuned"], dataset, model, training, where.child("tuned"), base)
         optimizers_raw = _with_tuned_cells(optimizers_raw, tuned, where.child("optimizers"), base)
     optimizers: dict[str, OptimizerSpec] = {}
     grids: dict[str, Grid] = {}
@@ -894,7 +899,7 @@ def read_tuned(file: str | Path = TUNED_FILE) -> dict[str, Any]:
     return loaded
 
 
-def _tuned(
+def _tuned_regime(
     raw: Any, dataset: dict[str, Any], model: dict[str, Any], training: Training, where: Where, base: Path
 ) -> dict[str, Any]:
     """``tuned: {regime: name, file: path}``: the regime's record, checked against the experiment."""
@@ -988,9 +993,7 @@ def load_map(path: str | Path, overrides: Sequence[str] = ()) -> tuple[str, list
             raise sweep_where.error(f"names the sweep file {str(raw['sweep'])!r}, and {error}") from None
         sweep_where, sweep_base = Where(str(file)), file.parent
     raw = apply_overrides(raw, overrides, where)
-    name = raw.get("name", "map")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise where.child("name").error(f"must be a plain file name (letters, digits, _ . -), got {name!r}")
+    name = _file_name(raw.get("name", "map"), where.child("name"))
     sweep = _mapping(raw.get("sweep"), where.child("sweep"))
     regimes_raw = _mapping(raw.get("regimes"), where.child("regimes"))
     if not regimes_raw:
@@ -998,8 +1001,7 @@ def load_map(path: str | Path, overrides: Sequence[str] = ()) -> tuple[str, list
     regimes = []
     for label, regime in regimes_raw.items():
         here = where.child("regimes").child(label)
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
-            raise here.error("must be a plain file name (letters, digits, _ . -)")
+        _file_name(label, here)
         regime = _mapping(regime, here)
         _check_keys(regime, _REGIME_KEYS, here)
         merged = copy.deepcopy(sweep)

@@ -337,14 +337,16 @@ def sweep(
 
         started = time.perf_counter()
         evaluated = train([(lr, wd) for lr in lrs for wd in wds], "coarse grid")
-        tuned, rule = _tuned(evaluated)
+        tuned, rule, allowed = _tuned(evaluated)
         if experiment.refine and tuned is not None:
             fine = [c for c in tuning.fine_cells(lrs, wds, tuned) if c not in evaluated]
             if fine:
                 evaluated.update(train(fine, "fine grid"))
-            tuned, rule = _tuned(evaluated)
+            tuned, rule, allowed = _tuned(evaluated)
         tuned = tuned or (lrs[0], wds[0])
-        result, panels[label] = _grid_result(label, spec, experiment, evaluated, tuned, rule, worst)
+        result, panels[label] = _grid_result(
+            label, spec, experiment, evaluated, (tuned, rule, allowed), worst
+        )
         result["tuning_seconds"] = time.perf_counter() - started
         if training.final_seeds:
             bar.set_description(f"{experiment.name}: {label} at its tuned cell, on the test split")
@@ -370,13 +372,10 @@ def sweep(
     plots.heatmaps(path / "heatmaps.png", rows, f"{split} error", worst)
     wall = time.perf_counter() - start
     speed = _speedup(timing)
-    finals = {label: r["final"]["test_accuracy"] for label, r in results.items() if "final" in r}
-    summary = {
-        label: {"test_accuracy": statistics.mean_interval(a).as_dict(), "data_draws": len(a)}
-        for label, a in finals.items()
-        if len(a) >= 2
-    }
-    differences = paired_differences(finals, best_decayed(results))
+    finals = {label: r["final"] for label, r in results.items() if "final" in r}
+    summary = _intervals(finals, len(final_seeds) if tuning_data else 0)
+    accuracies = {label: f["test_accuracy"] for label, f in finals.items()}
+    differences = paired_differences(accuracies, best_decayed(results))
     metrics = {
         "kind": "sweep",
         "experiment": reports.describe(experiment),
@@ -455,19 +454,21 @@ def _train_cells(
 
 def _tuned(
     evaluated: dict[tuple[float, float], dict[str, np.ndarray]],
-) -> tuple[tuple[float, float] | None, str]:
-    """The tuned cell under the stability rule, and which part of the rule chose it."""
+) -> tuple[tuple[float, float] | None, str, np.ndarray]:
+    """The tuned cell under the stability rule, which part of the rule chose it, and which of
+    ``evaluated``'s cells (in its order) the rule allows."""
     cells = list(evaluated)
     scores = np.array([evaluated[c]["error"].mean() for c in cells])
     stable = np.array([not evaluated[c]["diverged"].any() for c in cells])
-    index = tuning.choose(scores, tuning.may_choose(cells, stable))
+    allowed = tuning.may_choose(cells, stable)
+    index = tuning.choose(scores, allowed)
     if index is not None:
-        return cells[index], "stable, with a stable larger learning rate beside it"
+        return cells[index], "stable, with a stable larger learning rate beside it", allowed
     index = tuning.choose(scores, stable)
     if index is not None:
-        return cells[index], "stable, but every stable cell sits at the edge of stability"
+        return cells[index], "stable, but every stable cell sits at the edge of stability", allowed
     index = tuning.choose(scores, np.ones(len(cells), bool))
-    return (cells[index] if index is not None else None), "no cell trained on every draw"
+    return (cells[index] if index is not None else None), "no cell trained on every draw", allowed
 
 
 def _grid_result(
@@ -475,12 +476,14 @@ def _grid_result(
     spec: OptimizerSpec,
     experiment: Experiment,
     evaluated: dict[tuple[float, float], dict[str, np.ndarray]],
-    tuned: tuple[float, float],
-    rule: str,
+    choice: tuple[tuple[float, float], str, np.ndarray],
     worst: float,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The coarse grid as arrays, its separability numbers over the cells that trained (with
-    bootstrap intervals over the tuning draws), every cell of both stages, and the heatmap panel."""
+    bootstrap intervals over the tuning draws), every cell of both stages, and the heatmap panel.
+
+    ``choice`` is :func:`_tuned`'s: the tuned cell, the rule's reason and the allowed cells."""
+    tuned, rule, allowed = choice
     grid = experiment.grids[label]
     lrs, wds = np.asarray(grid.learning_rate), np.asarray(grid.weight_decay)
     error = np.array(
@@ -493,8 +496,6 @@ def _grid_result(
     mean_error = error.mean(-1)
     sep = diagnostics.separability(mean_error, lrs, wds, worst, trained=trained)
     cells = list(evaluated)
-    stable = np.array([not evaluated[c]["diverged"].any() for c in cells])
-    allowed = tuning.may_choose(cells, stable)
     tuned_score = evaluated[tuned]["error"]
     result: dict[str, Any] = {
         "chain": str(
