@@ -22,9 +22,10 @@ from optim_chain.transform import Transform
 
 
 class MomentumState(NamedTuple):
-    """The momentum buffer ``buffer``."""
+    """The momentum buffer, named ``trace`` as in ``optax.TraceState`` (so
+    ``optax.tree_utils.tree_get(state, "trace")`` finds it)."""
 
-    buffer: Any
+    trace: Any
 
 
 def add_momentum(momentum: float = 0.9, nesterov: bool = False, moment_dtype: Any = None) -> Transform:
@@ -55,12 +56,12 @@ def add_momentum(momentum: float = 0.9, nesterov: bool = False, moment_dtype: An
 
     def init(params: Any) -> MomentumState:
         check_float_params(params, "add_momentum")
-        return MomentumState(buffer=zeros_like(params, moment_dtype))
+        return MomentumState(trace=zeros_like(params, moment_dtype))
 
     def update(updates: Any, state: MomentumState, params: Any = None, **extra: Any):
         del params, extra
         _expect_step("add_momentum", updates)
-        check_matching(updates, state.buffer, "updates", "the params given to init")
+        check_matching(updates, state.trace, "updates", "the params given to init")
 
         def step(u: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
             dtype = compute_dtype(jnp.promote_types(u.dtype, b.dtype))
@@ -69,8 +70,8 @@ def add_momentum(momentum: float = 0.9, nesterov: bool = False, moment_dtype: An
             out = (cast(u, dtype) + mu * buffer) if nesterov else buffer
             return cast(out, jnp.promote_types(u.dtype, b.dtype)), cast(buffer, b.dtype)
 
-        out, buffer = map_pair(step, updates, state.buffer)
-        return out, MomentumState(buffer=buffer)
+        out, buffer = map_pair(step, updates, state.trace)
+        return out, MomentumState(trace=buffer)
 
     return Transform(
         init,

@@ -107,7 +107,7 @@ def test_mask_and_skip_nonfinite_stay_static():
 def test_sgd_momentum_injected_from_zero():
     """momentum=0.0 given as an array still builds the buffer, so it can be raised later."""
     opt = optax.inject_hyperparams(oc.sgdw)(learning_rate=0.1, weight_decay=0.1, momentum=0.0)
-    assert int(opt.init(_params()).inner_state[0].buffer["w"].size) == 6
+    assert int(opt.init(_params()).inner_state[0].trace["w"].size) == 6
     history, traces = _run(opt, ["learning_rate", "weight_decay", "momentum"])
     assert traces == 1
     params = {k: np.asarray(v) for k, v in _params().items()}

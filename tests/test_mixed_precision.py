@@ -80,7 +80,7 @@ def test_state_and_update_dtypes(preset, param_dtype, moment_dtype):
 def test_momentum_buffer_takes_the_params_dtype():
     params = _params(BF16)
     final, state, updates = _train(oc.sgdw(0.1, 1e-2, momentum=0.9), params, steps=3)
-    assert _dtypes(state[0].buffer) == {BF16} and _dtypes(updates) == {BF16} and _dtypes(final) == {BF16}
+    assert _dtypes(state[0].trace) == {BF16} and _dtypes(updates) == {BF16} and _dtypes(final) == {BF16}
 
 
 def test_bfloat16_params_with_float32_moments_track_float32_training():

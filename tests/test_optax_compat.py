@@ -133,7 +133,7 @@ def test_moment_dtype_sets_the_momentum_buffer_dtype(build):
     params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), PARAMS)
     state = build(jnp.float32).init(params)
     buffers = [
-        s.buffer
+        s.trace
         for s in jax.tree.leaves(state, is_leaf=lambda s: isinstance(s, oc.MomentumState))
         if isinstance(s, oc.MomentumState)
     ]
@@ -159,7 +159,7 @@ def test_sgd_moment_dtype_matches_optax_accumulator_dtype(nesterov):
             assert {u.dtype for u in jax.tree.leaves(updates)} == {jnp.dtype(jnp.float32)}
             trajectories[i] = optax.apply_updates(trajectories[i], updates)
     chex.assert_trees_all_equal(trajectories[0], trajectories[1])
-    chex.assert_trees_all_close(states[0][0].buffer, states[1][0].trace, rtol=1e-6)
+    chex.assert_trees_all_close(states[0][0].trace, states[1][0].trace, rtol=1e-6)
 
 
 def test_moment_dtype_must_be_a_float_dtype():

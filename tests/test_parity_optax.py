@@ -184,7 +184,7 @@ def test_add_momentum_matches_optax_trace(nesterov):
         for a, b in zip(jax.tree.leaves(ours_updates), jax.tree.leaves(theirs_updates), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(
-            np.concatenate([np.ravel(x) for x in jax.tree.leaves(ours_state.buffer)]),
+            np.concatenate([np.ravel(x) for x in jax.tree.leaves(ours_state.trace)]),
             np.concatenate([np.ravel(x) for x in jax.tree.leaves(theirs_state.trace)]),
             rtol=1e-6,
             atol=1e-7,
