@@ -254,10 +254,12 @@ def transformer_shapes(size: int, layers: int = 13, context: int = 256) -> dict[
 
 
 #: One line for a missing ``transformers``: the model layouts need it (and flax).
-MODELS_NEED = "the hf-bert and hf-gpt2 layouts need transformers and flax: pip install 'optim-chain[test]' flax"
+MODELS_NEED = (
+    "the hf-bert and hf-gpt2 layouts need transformers and flax: pip install 'optim-chain[test]' flax"
+)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model_shapes(layout: str) -> tuple[tuple[tuple[str, ...], tuple[int, ...]], ...]:
     import jax
 
@@ -330,7 +332,9 @@ def decay_masks(layout: str, params: Any) -> dict[str, Any]:
     theirs = jax.tree.leaves(training_script_mask(params))
     if ours != theirs:
         differ = [p for (p, _), a, b in zip(leaves_with_paths(params), ours, theirs) if a != b]
-        raise ValueError(f"{layout}: optim_chain's default mask and the training scripts' differ at {differ[:5]}")
+        raise ValueError(
+            f"{layout}: optim_chain's default mask and the training scripts' differ at {differ[:5]}"
+        )
     return {"optim_chain": masks.DEFAULT_DECAY, "optax": training_script_mask, "flags": ours}
 
 
@@ -456,7 +460,9 @@ def floor_bytes(dtype: str, optimizer: str = "adamw") -> int:
     return 3 * {"float32": 4, "bfloat16": 2}[dtype] + 2 * state * 4
 
 
-def optim_chain_optimizer(name: str, single_pass: bool = False, dtype: str = "float32", mask: Any = None) -> Any:
+def optim_chain_optimizer(
+    name: str, single_pass: bool = False, dtype: str = "float32", mask: Any = None
+) -> Any:
     """optim_chain's preset ``name``; ``mask`` selects the leaves that decay (``None``: all)."""
     import jax.numpy as jnp
 
@@ -499,7 +505,9 @@ def optax_optimizer(name: str, dtype: str = "float32", mask: Any = None) -> Any:
     return optax.adam(h["learning_rate"], **common)
 
 
-def torch_optimizer(torch: Any, name: str, tensors: list, variant: str, decays: list[bool] | None = None) -> Any:
+def torch_optimizer(
+    torch: Any, name: str, tensors: list, variant: str, decays: list[bool] | None = None
+) -> Any:
     """torch's optimizer ``name``; ``decays`` (one bool per tensor) splits off an undecayed group."""
     h = HYPER
     flags = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[variant]
@@ -639,7 +647,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     models = [layout for layout in args.layouts if layout in MODELS]
     synthetic = [layout for layout in args.layouts if layout not in MODELS]
     # one group per size; a model's group is its own size, with the other layouts at that size
-    groups = [(count_shapes(model_shapes(m)), [*synthetic, m]) for m in models] or [(s, synthetic) for s in sizes]
+    groups = [(count_shapes(model_shapes(m)), [*synthetic, m]) for m in models]
+    groups = groups or [(size, synthetic) for size in sizes]
     sizes = [size for size, _ in groups]
 
     implementations = {
@@ -713,7 +722,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                 runners = [
                     jax_runner(
                         {**label, "optimizer": name, "donated": donate, "impl": impl},
-                        functools.partial(make, name, mask=masks["optax" if impl == "optax" else "optim_chain"]),
+                        functools.partial(
+                            make, name, mask=masks["optax" if impl == "optax" else "optim_chain"]
+                        ),
                         params,
                         grads,
                         donate,
