@@ -44,7 +44,7 @@ DEFAULT_OPTIMIZERS = ("adamw", "adam_l2", "adam")
 SYNTHETIC = ("leaf", "tree", "deep")
 #: Real models' parameter trees, built by ``transformers`` from a config (shapes only, nothing
 #: downloaded): Flax BERT for masked LM, 8 layers x 512 (138 leaves, 41.4M parameters), and
-#: Flax GPT-2 with its LM head, 8 layers x 512 (100 leaves, 30.5M parameters).
+#: Flax GPT-2 with its LM head, 8 layers x 512 (100 leaves, 51.5M parameters).
 MODELS = ("hf-bert", "hf-gpt2")
 LAYOUTS = SYNTHETIC + MODELS
 #: Blocks of the layouts' transformer-like trees: 13 give 160 leaves, 85 give 1,024.
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=["leaf", "tree"],
         help="leaf (one array), tree (transformer-like, 160 leaves), deep (the same with "
         "85 blocks, 1,024 leaves), hf-bert (Hugging Face's Flax BERT, 8 x 512: 138 leaves, 41.4M) "
-        "and/or hf-gpt2 (Flax GPT-2, 8 x 512: 100 leaves); a model fixes the size (--sizes is then "
+        "and/or hf-gpt2 (Flax GPT-2, 8 x 512: 100 leaves, 51.5M); a model fixes the size (--sizes is then "
         "refused) and the other layouts run at its size, timed in turns with it; default leaf,tree",
     )
     parser.add_argument(
