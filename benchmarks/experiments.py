@@ -11,6 +11,7 @@ they measured.
     python benchmarks/experiments.py odd      # 256 one-dimensional leaves of odd and even lengths
     python benchmarks/experiments.py grouped  # 1,024 leaves: small leaves concatenated inside the step
     python benchmarks/experiments.py overhead # 1,024 leaves: the cost of the tree itself, and flat state
+    python benchmarks/experiments.py realtree # Flax BERT's tree: big leaves, small leaves, work per element
 
 Options: ``--size 10M`` (parameters, one float32 leaf), ``--repeats 15``.
 """
@@ -562,12 +563,100 @@ def overhead(args: argparse.Namespace) -> None:
         print(f"{name:44s} {hlo_counts(text, total)}")
 
 
+# ------------------------------------------------------------------- a real model's tree
+
+
+def _lean_adamw(p, s, g):
+    """AdamW with the per-element work cut to one divide: the bias corrections folded into two
+    scalars (``lr / bc1`` and ``1 / sqrt(bc2)``), as torch's fused kernel does. Not bit for bit
+    optim_chain's (a few roundings apart); it only asks how much the arithmetic costs."""
+    m, v, t = s
+    t = t + 1
+    bc1, bc2 = 1 - B1 ** t.astype(jnp.float32), 1 - B2 ** t.astype(jnp.float32)
+    step, inv = LR / bc1, jax.lax.rsqrt(bc2)
+    m = jax.tree.map(lambda m, g: B1 * m + (1 - B1) * g, m, g)
+    v = jax.tree.map(lambda v, g: B2 * v + (1 - B2) * g * g, v, g)
+    p = jax.tree.map(lambda p, m, v: p * (1 - LR * WD) - step * m / (jnp.sqrt(v) * inv + EPS), p, m, v)
+    return p, (m, v, t)
+
+
+def realtree(args: argparse.Namespace) -> None:
+    """Flax BERT's tree (bench layout hf-bert) against one leaf of its size and its parts, in turns."""
+    if not os.environ.get("EXPERIMENT_CHILD"):
+        for flags in ("", MOF_FLAG):
+            env = dict(os.environ, EXPERIMENT_CHILD="1", XLA_FLAGS=flags)
+            command = [sys.executable, __file__, "realtree", f"--repeats={args.repeats}"]
+            subprocess.run(command, env=env, check=True)
+            print()
+        return
+    from optim_chain.lab import bench
+
+    shapes = {"/".join(path): shape for path, shape in bench._model_shapes("hf-bert")}
+    total = sum(int(np.prod(s)) for s in shapes.values())
+    big = {k: s for k, s in shapes.items() if np.prod(s) >= 65536}
+    small = {k: s for k, s in shapes.items() if np.prod(s) < 65536}
+    layouts = {"one leaf": {"w": (total,)}, "BERT tree": shapes, "big leaves": big, "small leaves": small}
+    rng = np.random.default_rng(0)
+    mof_on = MOF_FLAG in os.environ.get("XLA_FLAGS", "")
+    optimizers = {"oc.adamw": oc.adamw(LR, WD), "optax.adamw": optax.adamw(LR, weight_decay=WD)}
+    if mof_on:
+        optimizers["single_pass"] = oc.single_pass(oc.adamw(LR, WD))
+    cases, texts = {}, {}
+    for label, layout in layouts.items():
+        p, g = _arrays(layout, 0.02, rng), _arrays(layout, 1e-3, rng)
+        for name, opt in optimizers.items():
+            if name == "optax.adamw" and label not in ("one leaf", "BERT tree"):
+                continue
+            key = f"{name}, {label}"
+            state = opt.init(p)
+            cases[key], texts[key] = step_case(
+                applied(opt), jax.tree.map(jnp.copy, p), state, g, donate=(0, 1)
+            )
+        if label in ("one leaf", "BERT tree"):
+            key = f"lean adamw, {label}"
+            zeros = jax.tree.map(jnp.zeros_like, p)
+            state = (zeros, jax.tree.map(jnp.copy, zeros), jnp.zeros((), jnp.int32))
+            cases[key], texts[key] = step_case(
+                _lean_adamw, jax.tree.map(jnp.copy, p), state, g, donate=(0, 1)
+            )
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    for label in ("one leaf", "BERT tree") if torch else ():
+        layout = layouts[label]
+        tensors = [torch.from_numpy(np.array(x)) for x in _arrays(layout, 0.02, rng).values()]
+        for tensor, grad in zip(tensors, _arrays(layout, 1e-3, rng).values()):
+            tensor.grad = torch.from_numpy(np.array(grad))
+        torch_opt = torch.optim.AdamW(tensors, lr=LR, betas=(B1, B2), eps=EPS, weight_decay=WD, fused=True)
+        torch_opt.step()
+        cases[f"torch fused, {label}"] = torch_opt.step
+    cases["stream a += b"] = stream_case(total)
+    found = rotate(cases, args.repeats)
+    bandwidth = 12 * total / found.pop("stream a += b") / 1e6
+    leaf = found["oc.adamw, one leaf"]
+    print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, median of {args.repeats}, load {os.getloadavg()}")
+    print(
+        f"{total:,} parameters in {len(shapes)} leaves ({len(big)} of 65,536 or more); {bandwidth:.1f} GB/s"
+    )
+    print(f"{'case':34s} {'ms':>8s} {'/ oc leaf':>10s} {'x floor':>8s} {'loops':>6s} {'HLO B/param':>12s}")
+    for name, ms in found.items():
+        label = name.split(", ")[1]
+        size = sum(int(np.prod(s)) for s in layouts[label].values())
+        floor = 28 * size / bandwidth / 1e6
+        shape = _hlo.structure(texts[name], size) if name in texts else None
+        loops = "" if shape is None else str(shape.array_loops)
+        moved = "" if shape is None else f"{shape.bytes_per_element:.1f}"
+        print(f"{name:34s} {ms:8.2f} {ms / leaf:10.2f} {ms / floor:8.2f} {loops:>6s} {moved:>12s}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "experiment", choices=["mof", "layout", "sliced", "schedule", "odd", "grouped", "overhead"]
+        "experiment",
+        choices=["mof", "layout", "sliced", "schedule", "odd", "grouped", "overhead", "realtree"],
     )
     parser.add_argument("--size", type=parse_size, default=parse_size("10M"))
     parser.add_argument("--repeats", type=int, default=15)
@@ -577,6 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     experiments = {"mof": mof, "layout": layout, "sliced": sliced, "schedule": schedule, "odd": odd}
     experiments["grouped"] = grouped
     experiments["overhead"] = overhead
+    experiments["realtree"] = realtree
     experiments[args.experiment](args)
     return 0
 

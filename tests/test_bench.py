@@ -46,7 +46,19 @@ def test_transformer_trees_have_their_leaf_count_and_the_requested_size(size, la
 def test_bad_arguments_exit_with_a_message(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--optimizers", "lion"])
-    assert "choose from adamw, adam_l2, adam; got 'lion'" in capsys.readouterr().err
+    assert "choose from adamw, adam_l2, adam, sgd; got 'lion'" in capsys.readouterr().err
+
+
+def test_a_model_layout_has_its_own_size(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--layouts", "leaf,hf-bert", "--sizes", "1M"])
+    assert "--sizes cannot be given with hf-bert: a model layout has its own size" in capsys.readouterr().err
+
+
+def test_floor_bytes_per_optimizer():
+    # Adam: p, g, m, v read and p, m, v written; SGD with momentum: p, g, m read and p, m written
+    assert bench.floor_bytes("float32") == bench.floor_bytes("float32", "adam_l2") == 28
+    assert bench.floor_bytes("float32", "sgd") == 20 and bench.floor_bytes("bfloat16", "sgd") == 14
 
 
 def test_tiny_run_writes_json_and_markdown(tmp_path):

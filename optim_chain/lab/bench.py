@@ -22,6 +22,7 @@ import argparse
 import datetime
 import functools
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -35,9 +36,17 @@ from typing import Any
 
 #: Dtypes the params (and gradients) can take; the moments stay float32 in every case.
 DTYPES = ("float32", "bfloat16")
-HYPER = {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-2}
-OPTIMIZERS = ("adamw", "adam_l2", "adam")
-LAYOUTS = ("leaf", "tree", "deep")
+HYPER = {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-2, "momentum": 0.9}
+#: ``sgd`` is heavy-ball momentum (``HYPER["momentum"]``), timed only when asked for.
+OPTIMIZERS = ("adamw", "adam_l2", "adam", "sgd")
+DEFAULT_OPTIMIZERS = ("adamw", "adam_l2", "adam")
+#: Layouts whose shapes the bench makes up at any size.
+SYNTHETIC = ("leaf", "tree", "deep")
+#: Real models' parameter trees, built by ``transformers`` from a config (shapes only, nothing
+#: downloaded): Flax BERT for masked LM, 8 layers x 512 (138 leaves, 41.4M parameters), and
+#: Flax GPT-2 with its LM head, 8 layers x 512 (100 leaves, 51.5M parameters).
+MODELS = ("hf-bert", "hf-gpt2")
+LAYOUTS = SYNTHETIC + MODELS
 #: Blocks of the layouts' transformer-like trees: 13 give 160 leaves, 85 give 1,024.
 LAYERS = {"tree": 13, "deep": 85}
 DEFAULT_SIZES = "1M,10M,50M"
@@ -87,14 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated parameter counts (default {DEFAULT_SIZES}; --quick: 1M)",
     )
     parser.add_argument(
-        "--optimizers", type=_choices(OPTIMIZERS), default=None, help="subset of adamw,adam_l2,adam"
+        "--optimizers",
+        type=_choices(OPTIMIZERS),
+        default=None,
+        help="subset of adamw,adam_l2,adam,sgd (sgd: momentum 0.9); default adamw,adam_l2,adam",
     )
     parser.add_argument(
         "--layouts",
         type=_choices(LAYOUTS),
         default=["leaf", "tree"],
-        help="leaf (one array), tree (transformer-like, 160 leaves) and/or deep (the same with "
-        "85 blocks, 1,024 leaves); default leaf,tree",
+        help="leaf (one array), tree (transformer-like, 160 leaves), deep (the same with "
+        "85 blocks, 1,024 leaves), hf-bert (Hugging Face's Flax BERT, 8 x 512: 138 leaves, 41.4M) "
+        "and/or hf-gpt2 (Flax GPT-2, 8 x 512: 100 leaves, 51.5M); a model fixes the size (--sizes is then "
+        "refused) and the other layouts run at its size, timed in turns with it; default leaf,tree",
     )
     parser.add_argument(
         "--dtype",
@@ -239,14 +253,104 @@ def transformer_shapes(size: int, layers: int = 13, context: int = 256) -> dict[
     return tree
 
 
+#: One line for a missing ``transformers``: the model layouts need it (and flax).
+MODELS_NEED = (
+    "the hf-bert and hf-gpt2 layouts need transformers and flax: pip install 'optim-chain[test]' flax"
+)
+
+
+@functools.cache
+def _model_shapes(layout: str) -> tuple[tuple[tuple[str, ...], tuple[int, ...]], ...]:
+    import jax
+
+    try:
+        import transformers
+    except ImportError:
+        raise SystemExit(MODELS_NEED) from None
+    transformers.logging.set_verbosity_error()
+    if layout == "hf-bert":
+        config = transformers.BertConfig(
+            num_hidden_layers=8, hidden_size=512, intermediate_size=2048, num_attention_heads=8
+        )
+        model = transformers.FlaxBertForMaskedLM(config, _do_init=False)
+    elif layout == "hf-gpt2":
+        config = transformers.GPT2Config(n_layer=8, n_embd=512, n_head=8)
+        model = transformers.FlaxGPT2LMHeadModel(config, _do_init=False)
+    else:
+        raise ValueError(f"layout must be one of {', '.join(MODELS)}, got {layout!r}")
+    # shapes only: nothing is initialised, let alone downloaded
+    shapes = jax.eval_shape(functools.partial(model.init_weights, input_shape=(1, 1)), jax.random.key(0))
+    found = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(shapes):
+        found.append((tuple(str(getattr(k, "key", k)) for k in path), tuple(leaf.shape)))
+    return tuple(found)
+
+
+def model_shapes(layout: str) -> dict[str, Any]:
+    """The nested dict of shapes (tuples) of the Flax model behind ``layout`` (``hf-bert``, ``hf-gpt2``)."""
+    tree: dict[str, Any] = {}
+    for path, shape in _model_shapes(layout):
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = shape
+    return tree
+
+
+def training_script_mask(params: Any) -> Any:
+    """The decay mask of Hugging Face's Flax training scripts: every leaf but biases and LayerNorm scales.
+
+    A leaf is left undecayed when it is named ``bias``, or when it is the ``scale`` of a module
+    whose name holds ``layernorm``, ``layer_norm`` or ``ln`` (case aside), as those scripts decide.
+    """
+    import jax
+
+    def decays(path: tuple, _: Any) -> bool:
+        keys = [str(getattr(k, "key", k)) for k in path]
+        norm = len(keys) > 1 and any(n in keys[-2].lower() for n in ("layernorm", "layer_norm", "ln"))
+        return keys[-1] != "bias" and not (norm and keys[-1] == "scale")
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def decay_masks(layout: str, params: Any) -> dict[str, Any]:
+    """The weight-decay masks of a layout: ``optim_chain`` (its default), ``optax`` and ``flags``.
+
+    The synthetic layouts decay every leaf (no masks). A model decays what the Hugging Face
+    training scripts decay: optax gets :func:`training_script_mask`, optim_chain its own
+    :data:`~optim_chain.masks.DEFAULT_DECAY`; the two must select the same leaves (checked here),
+    and ``flags`` (one bool per leaf) splits torch's parameters into a decayed and an undecayed group.
+    """
+    import jax
+
+    from optim_chain import masks
+    from optim_chain._tree import leaves_with_paths
+
+    if layout not in MODELS:
+        return {"optim_chain": None, "optax": None, "flags": None}
+    ours = masks.resolve_mask(masks.DEFAULT_DECAY, params)
+    theirs = jax.tree.leaves(training_script_mask(params))
+    if ours != theirs:
+        differ = [p for (p, _), a, b in zip(leaves_with_paths(params), ours, theirs) if a != b]
+        raise ValueError(
+            f"{layout}: optim_chain's default mask and the training scripts' differ at {differ[:5]}"
+        )
+    return {"optim_chain": masks.DEFAULT_DECAY, "optax": training_script_mask, "flags": ours}
+
+
 def make_params(size: int, layout: str, device: Any, dtype: str = "float32") -> tuple[Any, Any]:
-    """Parameters and gradients of ``size`` elements in ``dtype``, as one leaf or as a tree."""
+    """Parameters and gradients of ``size`` elements in ``dtype``, as one leaf or as a tree.
+
+    A model layout (:data:`MODELS`) has its own size; ``size`` is then not read.
+    """
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     if layout == "leaf":
         shapes: Any = {"w": (size,)}
+    elif layout in MODELS:
+        shapes = model_shapes(layout)
     else:
         shapes = transformer_shapes(size, layers=LAYERS[layout])
     leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
@@ -259,6 +363,14 @@ def make_params(size: int, layout: str, device: Any, dtype: str = "float32") -> 
     params = jax.tree.unflatten(treedef, [array(s, 0.02) for s in leaves])
     grads = jax.tree.unflatten(treedef, [array(s, 1e-3) for s in leaves])
     return params, grads
+
+
+def count_shapes(shapes: Any) -> int:
+    """The number of entries in a tree of shapes (tuples)."""
+    import jax
+
+    leaves = jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple))
+    return sum(math.prod(shape) for shape in leaves)
 
 
 def count(tree: Any) -> int:
@@ -341,12 +453,17 @@ def _torch_sync(torch: Any, target: str) -> Callable[[Any], None]:
 # ------------------------------------------------------------------------------ optimizers
 
 
-def floor_bytes(dtype: str) -> int:
-    """Bytes an AdamW step must move per parameter: read p, g, m, v, write p, m, v; m, v float32."""
-    return 3 * {"float32": 4, "bfloat16": 2}[dtype] + 4 * 4
+def floor_bytes(dtype: str, optimizer: str = "adamw") -> int:
+    """Bytes a step must move per parameter, the state in float32: Adam reads p, g, m, v and
+    writes p, m, v; SGD with momentum reads p, g, m and writes p, m."""
+    state = 1 if optimizer == "sgd" else 2
+    return 3 * {"float32": 4, "bfloat16": 2}[dtype] + 2 * state * 4
 
 
-def optim_chain_optimizer(name: str, single_pass: bool = False, dtype: str = "float32") -> Any:
+def optim_chain_optimizer(
+    name: str, single_pass: bool = False, dtype: str = "float32", mask: Any = None
+) -> Any:
+    """optim_chain's preset ``name``; ``mask`` selects the leaves that decay (``None``: all)."""
     import jax.numpy as jnp
 
     import optim_chain as oc
@@ -356,15 +473,18 @@ def optim_chain_optimizer(name: str, single_pass: bool = False, dtype: str = "fl
     if dtype != "float32":
         common["moment_dtype"] = jnp.float32
     if name == "adamw":
-        opt = oc.adamw(h["learning_rate"], weight_decay=h["weight_decay"], **common)
+        opt = oc.adamw(h["learning_rate"], weight_decay=h["weight_decay"], mask=mask, **common)
     elif name == "adam_l2":
-        opt = oc.adam_l2(h["learning_rate"], weight_decay=h["weight_decay"], **common)
+        opt = oc.adam_l2(h["learning_rate"], weight_decay=h["weight_decay"], mask=mask, **common)
+    elif name == "sgd":
+        moment = {"moment_dtype": jnp.float32} if dtype != "float32" else {}
+        opt = oc.sgd(h["learning_rate"], momentum=h["momentum"], **moment)
     else:
         opt = oc.adam(h["learning_rate"], **common)
     return oc.single_pass(opt) if single_pass else opt
 
 
-def optax_optimizer(name: str, dtype: str = "float32") -> Any:
+def optax_optimizer(name: str, dtype: str = "float32", mask: Any = None) -> Any:
     """The same optimizer as optax users write it (``mu_dtype=float32`` for other params dtypes)."""
     import jax.numpy as jnp
     import optax
@@ -374,23 +494,36 @@ def optax_optimizer(name: str, dtype: str = "float32") -> Any:
     if dtype != "float32":
         common["mu_dtype"] = jnp.float32
     if name == "adamw":
-        return optax.adamw(h["learning_rate"], weight_decay=h["weight_decay"], **common)
+        return optax.adamw(h["learning_rate"], weight_decay=h["weight_decay"], mask=mask, **common)
     if name == "adam_l2":
         return optax.chain(
-            optax.add_decayed_weights(h["weight_decay"]), optax.adam(h["learning_rate"], **common)
+            optax.add_decayed_weights(h["weight_decay"], mask=mask), optax.adam(h["learning_rate"], **common)
         )
+    if name == "sgd":
+        moment = {"accumulator_dtype": jnp.float32} if dtype != "float32" else {}
+        return optax.sgd(h["learning_rate"], momentum=h["momentum"], **moment)
     return optax.adam(h["learning_rate"], **common)
 
 
-def torch_optimizer(torch: Any, name: str, tensors: list, variant: str) -> Any:
+def torch_optimizer(
+    torch: Any, name: str, tensors: list, variant: str, decays: list[bool] | None = None
+) -> Any:
+    """torch's optimizer ``name``; ``decays`` (one bool per tensor) splits off an undecayed group."""
     h = HYPER
     flags = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[variant]
+    if name == "sgd":
+        return torch.optim.SGD(tensors, lr=h["learning_rate"], momentum=h["momentum"], **flags)
     kwargs = {"lr": h["learning_rate"], "betas": (h["b1"], h["b2"]), "eps": h["eps"], **flags}
+    decay = h["weight_decay"] if name != "adam" else 0.0
+    groups: Any = tensors
+    if decays is not None:
+        groups = [
+            {"params": [t for t, d in zip(tensors, decays) if d], "weight_decay": decay},
+            {"params": [t for t, d in zip(tensors, decays) if not d], "weight_decay": 0.0},
+        ]
     if name == "adamw":
-        return torch.optim.AdamW(tensors, weight_decay=h["weight_decay"], **kwargs)
-    if name == "adam_l2":
-        return torch.optim.Adam(tensors, weight_decay=h["weight_decay"], **kwargs)
-    return torch.optim.Adam(tensors, weight_decay=0.0, **kwargs)
+        return torch.optim.AdamW(groups, weight_decay=decay, **kwargs)
+    return torch.optim.Adam(groups, weight_decay=decay, **kwargs)
 
 
 def jax_runner(
@@ -471,7 +604,14 @@ def to_torch(x: Any, target: str) -> Any:
     return torch.from_numpy(np.array(x, np.float32)).to(target, getattr(torch, str(x.dtype)))
 
 
-def torch_runner(label: dict[str, Any], variant: str, params: Any, torch_grads: list, device: Any) -> Runner:
+def torch_runner(
+    label: dict[str, Any],
+    variant: str,
+    params: Any,
+    torch_grads: list,
+    device: Any,
+    decays: list[bool] | None = None,
+) -> Runner:
     import jax
 
     torch = _torch()
@@ -479,7 +619,7 @@ def torch_runner(label: dict[str, Any], variant: str, params: Any, torch_grads: 
     tensors = [to_torch(x, target) for x in jax.tree.leaves(params)]
     for tensor, grad in zip(tensors, torch_grads):
         tensor.grad = grad
-    opt = torch_optimizer(torch, label["optimizer"], tensors, variant)
+    opt = torch_optimizer(torch, label["optimizer"], tensors, variant, decays)
     sync = _torch_sync(torch, target)
     opt.step()  # creates the state
     state_bytes = sum(
@@ -497,13 +637,19 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
 
     quick = args.quick
     sizes = args.sizes or ([parse_size("1M")] if quick else [parse_size(s) for s in DEFAULT_SIZES.split(",")])
-    optimizers = args.optimizers or (["adamw"] if quick else list(OPTIMIZERS))
+    optimizers = args.optimizers or (["adamw"] if quick else list(DEFAULT_OPTIMIZERS))
     donations = [d == "yes" for d in (args.donate or (["yes"] if quick else ["yes", "no"]))]
     repeats = args.repeats or (5 if quick else 11)
     warmup = args.warmup
     compiles = args.compiles
     device = jax.devices(args.device)[0]
     use_torch = not args.no_torch and _torch_device(device) is not None
+    models = [layout for layout in args.layouts if layout in MODELS]
+    synthetic = [layout for layout in args.layouts if layout not in MODELS]
+    # one group per size; a model's group is its own size, with the other layouts at that size
+    groups = [(count_shapes(model_shapes(m)), [*synthetic, m]) for m in models]
+    groups = groups or [(size, synthetic) for size in sizes]
+    sizes = [size for size, _ in groups]
 
     implementations = {
         "optax": functools.partial(optax_optimizer, dtype=args.dtype),
@@ -521,6 +667,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         "layouts": args.layouts,
         "dtype": args.dtype,
         "bytes_floor": floor_bytes(args.dtype),
+        "bytes_floor_by_optimizer": {name: floor_bytes(args.dtype, name) for name in optimizers},
         "donate": donations,
         "repeats": repeats,
         "warmup": warmup,
@@ -550,21 +697,24 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         group.clear()
         gc.collect()
 
-    for size in sizes:
+    for size, group_layouts in groups:
         streams = stream_runners(size, device)
         jax_streams = [r for r in streams if r.label["impl"] == "stream jax"]
         torch_streams = [r for r in streams if r.label["impl"] == "stream torch"]
         # every layout of a size in one group, so that "tree / one leaf" compares steps timed
         # in turns (the machine's bandwidth can change from one group to the next)
         layouts = []
-        for layout in args.layouts:
+        for layout in group_layouts:
             params, grads = make_params(size, layout, device, args.dtype)
             torch_grads = None
             if use_torch:
                 torch_grads = [to_torch(g, _torch_device(device)) for g in jax.tree.leaves(grads)]
             label = {"size": size, "params": count(params), "layout": layout}
             label["leaves"] = len(jax.tree.leaves(params))
-            layouts.append((label, params, grads, torch_grads))
+            masks = decay_masks(layout, params)
+            if masks["flags"] is not None:
+                label["decayed_leaves"] = sum(masks["flags"])
+            layouts.append((label, params, grads, torch_grads, masks))
         for name in optimizers:
             # jax and torch are timed in separate groups: their thread pools, run in turns,
             # slow each other down (each keeps its threads spinning after a step)
@@ -572,13 +722,15 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                 runners = [
                     jax_runner(
                         {**label, "optimizer": name, "donated": donate, "impl": impl},
-                        functools.partial(make, name),
+                        functools.partial(
+                            make, name, mask=masks["optax" if impl == "optax" else "optim_chain"]
+                        ),
                         params,
                         grads,
                         donate,
                         compiles,
                     )
-                    for label, params, grads, _ in layouts
+                    for label, params, grads, _, masks in layouts
                     for impl, make in implementations.items()
                 ]
                 measure(jax_streams, runners, size)
@@ -590,8 +742,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                         params,
                         torch_grads,
                         device,
+                        masks["flags"],
                     )
-                    for label, params, _, torch_grads in layouts
+                    for label, params, _, torch_grads, masks in layouts
                     for variant in ("fused", "foreach", "for-loop")
                 ]
                 measure(torch_streams, runners, size)
@@ -619,8 +772,8 @@ def _derive(report: dict[str, Any]) -> None:
     by_key = {}
     for r in report["results"]:
         by_key[(r["size"], r["layout"], r["optimizer"], r["impl"], r["donated"])] = r
-    bytes_floor = floor_bytes(report["settings"]["dtype"])
     for r in report["results"]:
+        bytes_floor = floor_bytes(report["settings"]["dtype"], r["optimizer"])
         bandwidth = max(report["bandwidth_gb_s"][str(r["size"])].values()) * 1e9
         floor_ms = bytes_floor * r["params"] / bandwidth * 1e3
         r["floor_ms"] = floor_ms
@@ -638,6 +791,8 @@ def _fmt_size(size: int) -> str:
     for unit, scale in (("G", 10**9), ("M", 10**6), ("k", 10**3)):
         if size >= scale and size % (scale // 10) == 0:
             return f"{size / scale:g}{unit}"
+        if size >= scale:  # a model's own count: 41404730 -> 41.4M
+            return f"{size / scale:.1f}{unit}"
     return str(size)
 
 
@@ -728,11 +883,18 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def summary(report: dict[str, Any]) -> list[str]:
-    """Key ratios at the largest size, for donated steps."""
+    """Key ratios at the largest size and at every model's size, for donated steps."""
     results = [r for r in report["results"] if r["donated"]]
     if not results:
         return []
-    size = max(r["size"] for r in results)
+    sizes = {max(r["size"] for r in results)} | {r["size"] for r in results if r["layout"] in MODELS}
+    lines = []
+    for size in sorted(sizes):
+        lines += [*_summary_at(results, size), ""]
+    return lines[:-1]
+
+
+def _summary_at(results: list[dict[str, Any]], size: int) -> list[str]:
     pick = {(r["layout"], r["optimizer"], r["impl"]): r for r in results if r["size"] == size}
     lines = [
         f"Key ratios at {_fmt_size(size)} parameters, donated buffers (ratios of median step times):",
@@ -764,6 +926,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
     if args.compiles < 1:
         parser.error(f"--compiles must be >= 1, got {args.compiles}")
+    models = [layout for layout in args.layouts if layout in MODELS]
+    if models and args.sizes:
+        parser.error(f"--sizes cannot be given with {', '.join(models)}: a model layout has its own size")
+    if models and not all(importlib.util.find_spec(m) for m in ("transformers", "flax")):
+        parser.error(MODELS_NEED)
     # imports jax, whose backend (which reads XLA_FLAGS) starts later
     from optim_chain.fusion import MULTI_OUTPUT_FUSION_FLAG, multi_output_fusion_enabled
 
