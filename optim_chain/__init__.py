@@ -89,7 +89,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     ),
     "wrappers": ("with_decoupled_weight_decay",),
 }
-_SUBMODULES = ("masks",)
+_SUBMODULES = ("interop", "masks")
 _HOME = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = sorted([*_HOME, *_SUBMODULES])

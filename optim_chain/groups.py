@@ -317,7 +317,8 @@ def param_groups(
     Returns:
       A :class:`~optim_chain.Transform` named ``"param_groups"`` whose ``parts`` are the groups'
       optimizers (group 0 first, the default group last) and whose ``hyperparams`` hold
-      ``optimizer_fn``, ``defaults`` and one description per group; ``print()`` shows them.
+      ``optimizer_fn``, ``defaults``, one description per group and ``labels`` (the function
+      ``params -> tree of group labels`` that routes the leaves); ``print()`` shows the groups.
 
     Raises:
       TypeError: ``optimizer_fn`` is not callable, ``groups`` is not a sequence of pairs, an
@@ -365,12 +366,18 @@ def param_groups(
     transforms[DEFAULT_LABEL] = _build(optimizer_fn, dict(defaults), "the default group")
     headings.append(f"{DEFAULT_LABEL} [leaves no selector matches] {_show_kwargs(defaults)}")
 
-    combined = optax.multi_transform(transforms, _labeler([selector for selector, _ in checked]))
+    labeler = _labeler([selector for selector, _ in checked])
+    combined = optax.multi_transform(transforms, labeler)
     return _ParamGroupsTransform(
         combined.init,
         combined.update,
         name="param_groups",
-        hyperparams={"optimizer_fn": optimizer_fn, "defaults": dict(defaults), "groups": tuple(headings)},
+        hyperparams={
+            "optimizer_fn": optimizer_fn,
+            "defaults": dict(defaults),
+            "groups": tuple(headings),
+            "labels": labeler,
+        },
         parts=tuple(transforms.values()),
     )
 
