@@ -27,9 +27,15 @@ when the first transform is built, so the ``optim-chain`` command answers ``--he
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import warnings
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+try:
+    #: The installed distribution's version (``pyproject.toml`` sets it; nothing else restates it).
+    __version__ = importlib.metadata.version("optim_chain")
+except importlib.metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
+    __version__ = "0+unknown"
 
 #: Where each public name lives, module by module (``masks`` is the module itself).
 _MODULES: dict[str, tuple[str, ...]] = {
@@ -91,6 +97,10 @@ _MODULES: dict[str, tuple[str, ...]] = {
 }
 _SUBMODULES = ("masks",)
 _HOME = {name: module for module, names in _MODULES.items() for name in names}
+#: Names on their way out: old name -> (the public name to use instead, the release that removes
+#: it). Each still works, with a ``DeprecationWarning``, for at least one minor release (see the
+#: Stability page of the docs).
+_DEPRECATED: dict[str, tuple[str, str]] = {}
 
 if TYPE_CHECKING:
     # What type checkers read: the same names as ``_MODULES``, imported eagerly (at run time they
@@ -166,6 +176,14 @@ __all__ = sorted([*_HOME, *_SUBMODULES])
 
 
 def __getattr__(name: str) -> Any:
+    if name in _DEPRECATED:
+        new, removal = _DEPRECATED[name]
+        warnings.warn(
+            f"optim_chain.{name} is deprecated and will be removed in {removal}; use optim_chain.{new}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return __getattr__(new)  # not cached, so that every use warns
     if name in _SUBMODULES:
         value = importlib.import_module(f"optim_chain.{name}")
     elif name in _HOME:
