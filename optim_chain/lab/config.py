@@ -524,7 +524,8 @@ def find_config(path: str | Path) -> Path:
     Example::
 
       >>> from optim_chain.lab import config
-      >>> config.find_config("configs/presets/adamw.yaml").relative_to(config.CONFIG_DIR).as_posix()
+      >>> path = config.find_config("configs/presets/adamw.yaml")   # from any folder
+      >>> path.resolve().relative_to(config.CONFIG_DIR).as_posix()
       'presets/adamw.yaml'
 
     Raises:
