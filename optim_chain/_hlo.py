@@ -73,10 +73,10 @@ def loops(hlo_text: str) -> list[Loop]:
 
     Fusions inside while-loop bodies count once each, as they appear in the program.
     """
-    found = []
-    types: dict[str, str] = {}
+    found: list[Loop] = []
+    types: dict[tuple[str, str], str] = {}
     computation = ""
-    pending = []
+    pending: list[tuple[str, str, str, list[str]]] = []
     for line in hlo_text.splitlines():
         if line and not line[0].isspace() and line.rstrip().endswith("{"):
             computation = "ENTRY" if line.startswith("ENTRY") else line.split("(")[0].split()[-1]

@@ -16,7 +16,8 @@ from optim_chain.transform import Transform
 class BiasCorrectionState(NamedTuple):
     """Number of steps taken, ``count`` (int32, saturating)."""
 
-    count: jax.Array
+    # optax names its step counters count; the field shadows tuple.count on purpose
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
 
 
 def _factor(decay: Any, step: jax.Array, dtype: Any) -> jax.Array:

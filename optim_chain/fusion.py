@@ -41,6 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -169,8 +170,8 @@ def single_pass(inner: optax.GradientTransformation) -> Transform:
         nodes, treedef = jax.tree.flatten(new_state, is_leaf=is_group)
         groups = [i for i, node in enumerate(nodes) if is_group(node)][: len(_IDENTITIES)]
         for group, index in enumerate(groups):
-            inputs = _through_identity((updates, state, params), group)
-            _, group_state = call(*inputs, extra)
+            u, s, p = _through_identity((updates, state, params), group)
+            _, group_state = call(u, s, p, extra)
             nodes[index] = jax.tree.flatten(group_state, is_leaf=is_group)[0][index]
         return new_updates, jax.tree.unflatten(treedef, nodes)
 

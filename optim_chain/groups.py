@@ -29,7 +29,7 @@ is the JAX counterpart of::
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -358,7 +358,7 @@ def param_groups(
         _check_keys(overrides, f"groups[{index}] overrides", accepted, fn_name)
         _check_inner_mask(overrides, f"groups[{index}] overrides")
 
-    transforms: dict[str, Any] = {}
+    transforms: dict[Hashable, optax.GradientTransformation] = {}
     headings: list[str] = []
     for index, (selector, overrides) in enumerate(checked):
         transforms[_label(index)] = _build(optimizer_fn, {**defaults, **overrides}, f"groups[{index}]")

@@ -33,7 +33,8 @@ TINY = 1e-10
 class HyperballState(NamedTuple):
     """Step counter for a learning-rate schedule, ``count`` (starts at 0)."""
 
-    count: jax.Array
+    # optax names its step counters count; the field shadows tuple.count on purpose
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
 
 
 def _on_sphere(theta: jax.Array, direction: jax.Array, lr: Any) -> jax.Array:

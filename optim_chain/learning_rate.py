@@ -18,7 +18,8 @@ from optim_chain.transform import Transform
 class LearningRateState(NamedTuple):
     """Step counter for the schedule, ``count`` (starts at 0)."""
 
-    count: jax.Array
+    # optax names its step counters count; the field shadows tuple.count on purpose
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
 
 
 def scale_by_learning_rate(learning_rate: float | Callable[[jax.Array], Any]) -> Transform:
@@ -40,7 +41,7 @@ def scale_by_learning_rate(learning_rate: float | Callable[[jax.Array], Any]) ->
     """
     _validation.rate("learning_rate", learning_rate)
 
-    def init(params: Any) -> LearningRateState:
+    def init(params: Any) -> LearningRateState | optax.EmptyState:
         check_float_params(params, "scale_by_learning_rate")
         # Only a schedule reads the counter; a constant rate keeps no state (as optax does).
         return (

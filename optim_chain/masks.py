@@ -39,6 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.core
 import numpy as np
 
 from optim_chain._tree import leaves_with_paths

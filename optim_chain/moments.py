@@ -31,6 +31,7 @@ Every ``update`` checks that the incoming tree has the structure and leaf shapes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -98,7 +99,8 @@ _GRADIENTS, _STATE = "gradients", "the params given to init"
 
 
 def _ema(
-    decay: Any, average: jax.Array, value: jax.Array, squared: bool = False
+    decay: float | jax.Array | Callable[[Any], tuple[jax.Array, jax.Array]],
+    average: jax.Array, value: jax.Array, squared: bool = False
 ) -> tuple[jax.Array, jax.Array]:
     """``decay * average + (1 - decay) * value`` (``value**2``, per component, with ``squared``).
 

@@ -91,7 +91,8 @@ def _check_axis(mesh: Mesh | AbstractMesh, axis: Any, argument: str = "axis") ->
 def data_fsdp_mesh(
     data: int = 1,
     fsdp: int | None = None,
-    devices: Sequence[jax.Device] | None = None,
+    # jax exports Device by assignment, which pyright does not read as a type
+    devices: Sequence[jax.Device] | None = None,  # pyright: ignore[reportInvalidTypeForm]
 ) -> Mesh:
     """A ``("data", "fsdp")`` mesh over ``devices`` with ``AxisType.Auto`` axes.
 
@@ -312,7 +313,8 @@ def state_shardings(
     return assign(abstract, ())
 
 
-def per_device_bytes(tree: Any) -> dict[jax.Device, int]:
+# jax exports Device by assignment, which pyright does not read as a type
+def per_device_bytes(tree: Any) -> dict[jax.Device, int]:  # pyright: ignore[reportInvalidTypeForm]
     """Bytes of ``tree``'s arrays held on each device (from every array's addressable shards).
 
     A replicated array counts in full on every device, a split one only its shard. Devices of
@@ -322,7 +324,7 @@ def per_device_bytes(tree: Any) -> dict[jax.Device, int]:
       TypeError: a leaf is not a ``jax.Array`` (a NumPy array or a Python number lives on the
         host, not on a device).
     """
-    totals: dict[jax.Device, int] = {}
+    totals: dict[jax.Device, int] = {}  # pyright: ignore[reportInvalidTypeForm] (as above)
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         if not isinstance(leaf, jax.Array):
             raise TypeError(

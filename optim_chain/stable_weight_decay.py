@@ -30,7 +30,8 @@ class StableWeightDecayState(NamedTuple):
     Adam's ``v`` (a moving average is linear, so one number carries it).
     """
 
-    count: jax.Array
+    # optax names its step counters count; the field shadows tuple.count on purpose
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
     mean_square: jax.Array
     inner: Any
 

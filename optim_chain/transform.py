@@ -22,12 +22,17 @@ for a chain, its parts. That is what lets a preset be printed and taken apart::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeAlias
 
 import optax
 
 from optim_chain._tree import check_float_params
+
+#: An update function ``(updates, state, params=None, **extra) -> (updates, state)``. Each
+#: transform's update takes its own state type, which optax's protocol (state typed as any
+#: ``OptState``) cannot express, so the state is left open here.
+UpdateFn: TypeAlias = Callable[..., tuple[Any, Any]]
 
 
 class Transform(optax.GradientTransformationExtraArgs):
@@ -39,15 +44,15 @@ class Transform(optax.GradientTransformationExtraArgs):
 
     name: str
     hyperparams: Mapping[str, Any]
-    parts: tuple[Transform, ...]
+    parts: tuple[optax.GradientTransformation, ...]
 
     def __new__(
         cls,
         init: optax.TransformInitFn,
-        update: optax.TransformUpdateExtraArgsFn,
+        update: UpdateFn,
         name: str = "transform",
         hyperparams: Mapping[str, Any] | None = None,
-        parts: Sequence[Transform] = (),
+        parts: Sequence[optax.GradientTransformation] = (),
     ) -> Transform:
         self = super().__new__(cls, init, update)
         self.name = name

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -99,7 +100,8 @@ class WeightDecayState(NamedTuple):
       anchor: the params given to ``init`` with ``anchor="init"``, else ``None``.
     """
 
-    count: jax.Array
+    # optax names its step counters count; the field shadows tuple.count on purpose
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
     anchor: Any = None
 
 
@@ -172,14 +174,18 @@ def _decay_selected(
     return jax.tree.unflatten(treedef, out)
 
 
+def _support(updates: Any) -> Any:
+    """Where ``updates`` is non-zero, leaf by leaf (``None`` for ``None``)."""
+    return None if updates is None else jax.tree.map(lambda g: g != 0, updates)
+
+
 def with_gradient_support(inner: Transform) -> Transform:
     """``inner`` (a chain) told where this step's gradient is non-zero, through the extra argument
     ``gradient_support`` that every part receives: what ``lazy_weight_decay`` reads. It prints,
     holds its state and takes apart as ``inner`` does."""
 
     def update(updates: Any, state: Any, params: Any = None, **extra: Any):
-        support = None if updates is None else jax.tree.map(lambda g: g != 0, updates)
-        return inner.update(updates, state, params, gradient_support=support, **extra)
+        return inner.update(updates, state, params, gradient_support=_support(updates), **extra)
 
     return Transform(inner.init, update, name=inner.name, hyperparams=inner.hyperparams, parts=inner.parts)
 

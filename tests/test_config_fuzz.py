@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from optim_chain.lab import build, cli, config
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = config.CONFIG_DIR
 PRESET_FILES = sorted((CONFIGS / "presets").glob("*.yaml"))
 EXPERIMENT_FILES = sorted(CONFIGS.glob("*.yaml"))
 HUGE = "9" * 400  # an integer YAML reads exactly but no float can hold

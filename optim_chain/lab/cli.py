@@ -11,12 +11,16 @@ Subcommands (each takes ``--config FILE`` and repeated ``--set key.path=value``)
     optim-chain bench ...    # optimizer-step benchmarks (optim_chain.lab.bench)
 
 A mistake in a config file is reported on one line (file, key, valid choices) with exit status 2.
+A ``--config`` path that does not exist is looked up among the configs shipped with the package
+(``configs/digits_compare.yaml`` works from any folder; see
+:func:`optim_chain.lab.config.find_config`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import sys
 import tempfile
@@ -29,10 +33,19 @@ if TYPE_CHECKING:
 
 # JAX, Flax and the configs load only once a command runs, so that --help answers at once.
 
+#: What the ``lab`` extra installs, by import name: without one of them the command stops at once.
+LAB_MODULES = ("yaml", "sklearn", "matplotlib", "tqdm", "scipy", "mnist1d")
+
+
+def missing_lab_modules() -> list[str]:
+    """The modules of the ``lab`` extra that cannot be found (none are imported)."""
+    return [name for name in LAB_MODULES if importlib.util.find_spec(name) is None]
+
 
 def _experiment_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.add_argument(
-        "--config", help=f"a {kind} YAML file (default: the built-in {kind}, as configs/mnist1d_{kind}.yaml)"
+        "--config",
+        help=f"a {kind} YAML file, or a packaged one's name (default: configs/mnist1d_{kind}.yaml)",
     )
     parser.add_argument(
         "--set",
@@ -107,7 +120,7 @@ def _shortcuts(args: argparse.Namespace) -> list[str]:
 def _kind_of(path: str) -> str:
     from optim_chain.lab import config
 
-    raw = config.read_yaml(path)
+    raw = config.read_yaml(config.find_config(path))
     if "optimizer" in raw:
         return "optimizer"
     optimizers = raw.get("optimizers") or {}
@@ -239,6 +252,14 @@ def _map(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    missing = missing_lab_modules()
+    if missing:
+        print(
+            f"optim-chain needs the lab extra (missing: {', '.join(missing)}): "
+            'pip install "optim_chain[lab]"',
+            file=sys.stderr,
+        )
+        return 1
     if argv and argv[0] == "bench":
         return _bench(argv[1:])
     args = build_parser().parse_args(argv)

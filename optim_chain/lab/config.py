@@ -369,7 +369,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise where.error("is not valid YAML: it is nested too deeply") from None
     if loaded is None:
         raise where.error(
-            "is empty; write the keys to change, or leave --config out for the built-in default"
+            "is empty; write the keys to change, or leave --config out for the default experiment"
         )
     return _mapping(loaded, where)
 
@@ -384,8 +384,9 @@ def read_optimizer(path: str | Path, overrides: Sequence[str] = ()) -> Optimizer
     Raises:
       ConfigError: on any mistake, naming the file, the key and the valid choices.
     """
-    where = Where(str(path))
-    raw = apply_overrides(read_yaml(path), overrides, where)
+    file = find_config(path)
+    where = Where(str(path) if file == Path(path) else _shown(file))
+    raw = apply_overrides(read_yaml(file), overrides, where)
     _check_keys(raw, ["optimizer"], where)
     if "optimizer" not in raw:
         raise where.error("has no 'optimizer' mapping")
@@ -469,7 +470,8 @@ class Experiment:
       grids: (sweep) label -> :class:`Grid`.
       pairs: (sweep) the heatmaps drawn side by side, as pairs of labels.
       baseline_runs: (sweep) runs per optimizer timed one at a time, for the speed-up.
-      source: the file the experiment was read from (``"<built-in>"`` for the defaults).
+      source: the file the experiment was read from (a packaged one as
+        ``optim_chain/lab/configs/<file>``).
       study: (timescale) the sizes, epochs and timescales, see :class:`Study`.
       refine: (sweep) after each coarse grid, a fine stage of half steps around its best cell
         (see :mod:`optim_chain.lab.tuning`).
@@ -486,7 +488,7 @@ class Experiment:
     grids: dict[str, Grid] = dataclasses.field(default_factory=dict)
     pairs: tuple[tuple[str, str], ...] = ()
     baseline_runs: int = 0
-    source: str = "<built-in>"
+    source: str = ""
     study: Study | None = None
     refine: bool = False
     tuned: dict[str, Any] | None = None
@@ -496,84 +498,65 @@ _MLP_ARGUMENTS = {"hidden": [128], "layer_norm": True}
 _CNN_ARGUMENTS = {"channels": 25, "layer_norm": False}
 _TRANSFORMER_ARGUMENTS = {"d_model": 64, "num_heads": 4, "num_layers": 2}
 
-#: The default ``compare`` experiment (``configs/mnist1d_compare.yaml`` spells out the same): every
-#: optimizer at its tuned cell of one regime of the map, read from the results file shipped with
-#: the package, on the map's 12 test draws of that regime (seeds and data seeds 1000 higher than
-#: tuning's).
-DEFAULT_COMPARE: dict[str, Any] = {
-    "name": "mnist1d_compare",
-    "data": {"name": "mnist1d", "seed": 42, "train_size": 1000},
-    "model": {"name": "cnn", "channels": 25, "layer_norm": True},
-    "training": {
-        "steps": 1500, "batch_size": 100, "eval_every": 150, "seeds": 12, "first_seed": 1000,
-        "schedule": "cosine",
-    },
-    "tuned": {"regime": "cnn_layernorm_1000"},
-    "optimizers": {
-        "adam": {"preset": "adam"},
-        "adam_l2": {"preset": "adam_l2", "mask": "default"},
-        "adamw": {"preset": "adamw", "mask": "default", "decay_scaling": "schedule"},
-        "adamw_torch": {"preset": "adamw", "mask": "default"},
-        "sgd_l2": {"preset": "sgd_l2", "momentum": 0.9, "mask": "default"},
-        "sgdw": {"preset": "sgdw", "momentum": 0.9, "mask": "default", "decay_scaling": "schedule"},
-    },
+#: The configs shipped with the package: the default experiments, the map, one file per preset
+#: and the README's examples (``configs/`` of the source tree is a link to this folder).
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+#: The default experiment of each kind: the file a command reads when ``--config`` is left out.
+DEFAULT_FILES: dict[str, Path] = {
+    "compare": CONFIG_DIR / "mnist1d_compare.yaml",
+    "sweep": CONFIG_DIR / "mnist1d_sweep.yaml",
+    "timescale": CONFIG_DIR / "mnist1d_timescale.yaml",
 }
 
-_ADAM_RATES = [1.0e-4, 1.0e-3, 1.0e-2, 1.0e-1]
-_SGD_RATES = [1.0e-3, 1.0e-2, 1.0e-1, 1.0]
-_DECAYS = [1.0e-5, 1.0e-4, 1.0e-3, 1.0e-2, 1.0e-1]  # coupled lambda
-_FRACTIONS = [1.0e-6, 1.0e-5, 1.0e-4, 1.0e-3, 1.0e-2]  # decoupled, the paper's form: per step
 
-#: The default ``sweep`` experiment (``configs/mnist1d_sweep.yaml`` spells out the same): the
-#: paper's protocol on MNIST-1D in one regime of the map (the CNN with LayerNorm, 1,000 training
-#: examples), tuned in two stages on the validation split of 3 draws, tested on 12 new draws.
-DEFAULT_SWEEP: dict[str, Any] = {
-    "name": "mnist1d_sweep",
-    "data": {"name": "mnist1d", "seed": 42, "evaluation_split": "validation", "train_size": 1000},
-    "model": {"name": "cnn", "channels": 25, "layer_norm": True},
-    "training": {
-        "steps": 1500, "batch_size": 100, "eval_every": 150, "seeds": 3, "schedule": "cosine",
-        "final_seeds": 12,
-    },
-    "optimizers": {
-        "adam": {"preset": "adam_l2", "grid": {"learning_rate": _ADAM_RATES, "weight_decay": [0.0]}},
-        "adam_l2": {
-            "preset": "adam_l2", "mask": "default",
-            "grid": {"learning_rate": _ADAM_RATES, "weight_decay": _DECAYS},
-        },
-        "adamw": {
-            "preset": "adamw", "mask": "default", "decay_scaling": "schedule",
-            "grid": {"learning_rate": _ADAM_RATES, "weight_decay": _FRACTIONS},
-        },
-        "adamw_torch": {
-            "preset": "adamw", "mask": "default", "decay_scaling": "learning_rate",
-            "grid": {"learning_rate": _ADAM_RATES, "weight_decay": [1.0e-4, 1.0e-3, 1.0e-2, 1.0e-1, 1.0]},
-        },
-        "sgd_l2": {
-            "preset": "sgd_l2", "momentum": 0.9, "mask": "default",
-            "grid": {"learning_rate": _SGD_RATES, "weight_decay": _DECAYS},
-        },
-        "sgdw": {
-            "preset": "sgdw", "momentum": 0.9, "mask": "default", "decay_scaling": "schedule",
-            "grid": {"learning_rate": _SGD_RATES, "weight_decay": _FRACTIONS},
-        },
-    },
-    "pairs": [["adam_l2", "adamw"], ["sgd_l2", "sgdw"], ["adamw_torch", "adam"]],
-    "baseline": {"runs": 0},
-    "refine": True,
-}
+def packaged_configs() -> list[str]:
+    """The packaged config files, relative to :data:`CONFIG_DIR` (``presets/adamw.yaml``)."""
+    return sorted(p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml"))
 
-#: The default ``timescale`` experiment (``configs/mnist1d_timescale.yaml`` spells out the same):
-#: AdamW in torch's form at the tuned learning rate of the default sweep, on 1,000, 2,000 and
-#: 4,000 MNIST-1D training examples (6,250 generated: 4,000 train, 1,000 validation, 1,250 test).
-DEFAULT_TIMESCALE: dict[str, Any] = {
-    "name": "mnist1d_timescale",
-    "data": {"name": "mnist1d", "seed": 42, "num_samples": 6250, "evaluation_split": "validation"},
-    "model": {"name": "cnn", "channels": 25},
-    "training": {"batch_size": 100, "eval_every": 200, "seeds": 8, "schedule": "cosine"},
-    "optimizers": {"adamw": {"preset": "adamw", "learning_rate": 3.0e-2, "mask": "default"}},
-    "study": {"train_sizes": [1000, 2000, 4000], "epochs": 60, "timescales": [0.5, 1, 2, 4, 8, 16, 32, 64]},
-}
+
+def find_config(path: str | Path) -> Path:
+    """``path`` when it exists, else the packaged config it names.
+
+    A relative path that does not exist is looked up in :data:`CONFIG_DIR` by its last parts,
+    so ``configs/digits_compare.yaml`` and ``configs/presets/adamw.yaml``, as the README writes
+    them, work from any folder.
+
+    Example::
+
+      >>> from optim_chain.lab import config
+      >>> path = config.find_config("configs/presets/adamw.yaml")   # from any folder
+      >>> path.resolve().relative_to(config.CONFIG_DIR).as_posix()
+      'presets/adamw.yaml'
+
+    Raises:
+      ConfigError: neither ``path`` nor a packaged config of that name exists; the message
+        lists the packaged configs.
+    """
+    given = Path(path)
+    if given.exists():
+        return given
+    if not given.is_absolute():
+        for start in range(len(given.parts)):
+            candidate = CONFIG_DIR.joinpath(*given.parts[start:])
+            if candidate.is_file():
+                return candidate
+    raise Where(str(path)).error(
+        f"does not exist and names no packaged config; packaged configs: {_choices(packaged_configs())}"
+    )
+
+
+def _shown(path: Path) -> str:
+    """How messages and reports name a config file: a packaged one by its place in the package."""
+    try:
+        return (Path("optim_chain") / "lab" / "configs" / path.resolve().relative_to(CONFIG_DIR)).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _default(kind: str) -> dict[str, Any]:
+    """The default experiment of ``kind`` as read from its packaged file."""
+    return read_yaml(DEFAULT_FILES[kind])
+
 
 _COMMON_KEYS = ("name", "data", "model", "training", "optimizers")
 _KEYS = {
@@ -581,7 +564,6 @@ _KEYS = {
     "sweep": (*_COMMON_KEYS, "pairs", "baseline", "refine"),
     "timescale": (*_COMMON_KEYS, "study"),
 }
-_DEFAULTS = {"compare": DEFAULT_COMPARE, "sweep": DEFAULT_SWEEP, "timescale": DEFAULT_TIMESCALE}
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], where: Where) -> dict[str, Any]:
@@ -610,9 +592,8 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], where: Where)
 def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str] = ()) -> Experiment:
     """Reads and checks a ``compare``, ``sweep`` or ``timescale`` experiment.
 
-    Keys (all optional; a section left out is the default experiment's, :data:`DEFAULT_COMPARE`,
-    :data:`DEFAULT_SWEEP` or :data:`DEFAULT_TIMESCALE`; a key left out of a section given is that
-    section's own default):
+    Keys (all optional; a section left out is the default experiment's, from the packaged file of
+    :data:`DEFAULT_FILES`; a key left out of a section given is that section's own default):
 
     * ``name``: results go to ``runs/<name>/``.
     * ``data``: ``{name: mnist1d | digits | text, ...}`` with the keyword arguments of
@@ -640,7 +621,8 @@ def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str]
       ``weight_decay``, which each timescale sets.
 
     Args:
-      path: the YAML file, or ``None`` for the built-in default of ``kind``.
+      path: the YAML file (one that does not exist is looked up among the packaged configs, see
+        :func:`find_config`), or ``None`` for the default experiment of ``kind``.
       kind: ``"compare"``, ``"sweep"`` or ``"timescale"``.
       overrides: ``key.path=value`` strings applied before validation.
 
@@ -649,15 +631,12 @@ def load_experiment(path: str | Path | None, kind: str, overrides: Sequence[str]
         values an optimizer's constructor checks are checked by
         :func:`optim_chain.lab.build.check`.
     """
-    if kind not in _DEFAULTS:
-        raise ValueError(f"kind must be one of {', '.join(_DEFAULTS)}, got {kind!r}")
-    if path is None:
-        raw, where = copy.deepcopy(_DEFAULTS[kind]), Where("<built-in>")
-    else:
-        raw, where = read_yaml(path), Where(str(path))
-    raw = apply_overrides(raw, overrides, where)
-    base = Path(path).parent if path is not None else Path(".")
-    return parse_experiment(raw, kind, where, base)
+    if kind not in DEFAULT_FILES:
+        raise ValueError(f"kind must be one of {', '.join(DEFAULT_FILES)}, got {kind!r}")
+    file = DEFAULT_FILES[kind] if path is None else find_config(path)
+    where = Where(str(path) if path is not None and file == Path(path) else _shown(file))
+    raw = apply_overrides(read_yaml(file), overrides, where)
+    return parse_experiment(raw, kind, where, file.parent)
 
 
 def parse_experiment(raw: dict[str, Any], kind: str, where: Where, base: Path = Path(".")) -> Experiment:
@@ -672,7 +651,7 @@ def parse_experiment(raw: dict[str, Any], kind: str, where: Where, base: Path = 
     Raises:
       ConfigError: on any mistake, naming the file and the key.
     """
-    default = _DEFAULTS[kind]
+    default = _default(kind)
     _check_keys(raw, _KEYS[kind], where)
     name = _file_name(raw.get("name", default["name"]), where.child("name"))
     dataset = _data(raw.get("data", default["data"]), where.child("data"))
@@ -877,8 +856,8 @@ def _pairs(raw: Any, labels: list[str], where: Where) -> tuple[tuple[str, str], 
 
 # ------------------------------------------------------------------------- tuned cells, maps
 
-#: The default map: ``configs/mnist1d_map.yaml`` of the source tree.
-MAP_FILE = Path(__file__).resolve().parents[2] / "configs" / "mnist1d_map.yaml"
+#: The default map, read by ``optim-chain map`` when ``--config`` is left out.
+MAP_FILE = CONFIG_DIR / "mnist1d_map.yaml"
 #: The results file shipped with the package: the tuned cells of every regime of the default map.
 TUNED_FILE = Path(__file__).parent / "results" / "mnist1d_map.json"
 
@@ -980,10 +959,11 @@ def load_map(path: str | Path, overrides: Sequence[str] = ()) -> tuple[str, list
     Raises:
       ConfigError: on any mistake, naming the file and the key.
     """
-    where = Where(str(path))
-    raw = read_yaml(path)
+    file = find_config(path)
+    where = Where(str(path) if file == Path(path) else _shown(file))
+    raw = read_yaml(file)
     _check_keys(raw, ["name", "sweep", "regimes"], where)
-    base = Path(path).parent
+    base = file.parent
     sweep_where, sweep_base = where.child("sweep"), base
     if isinstance(raw.get("sweep"), str):
         file = base / raw["sweep"]
