@@ -380,18 +380,21 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
         return a == b
     # a value stored in float32 (an injected hyperparameter) holds the number to its precision
-    dtypes = [
-        np.dtype(x.dtype) for x in (a, b) if hasattr(x, "dtype") and np.issubdtype(x.dtype, np.floating)
-    ]
-    tolerance = max([4 * float(np.finfo(d).eps) for d in dtypes] + [1e-12])
-    return math.isclose(float(a), float(b), rel_tol=tolerance, abs_tol=0.0)
+    dtypes = [np.asarray(x).dtype for x in (a, b)]
+    tolerance = max([4 * float(np.finfo(d).eps) for d in dtypes if np.issubdtype(d, np.floating)] + [1e-12])
+    return math.isclose(_float(a), _float(b), rel_tol=tolerance, abs_tol=0.0)
+
+
+def _float(value: Any) -> float:
+    """A Python float from a number or a scalar array."""
+    return float(np.asarray(value))
 
 
 def _constant(value: Any, step: int | None) -> Any:
     """A hyperparameter as a number (a schedule read at ``step``)."""
     if callable(value):
-        return float(value(step or 0))
-    return float(value) if not isinstance(value, bool) else value
+        return _float(value(step or 0))
+    return _float(value) if not isinstance(value, bool) else value
 
 
 def _torch_hyper(group: _Group, decays: bool, step: int | None, where: str) -> dict[str, Any]:
@@ -850,14 +853,14 @@ def from_optax(opt: optax.GradientTransformation, params: Any, optax_state: Any)
     nodes = _optax_nodes(optax_state)
     paths = [p for p, _ in leaves_with_paths(params)]
     values = _Values({}, {})
-    counts = set()
+    counts: set[int] = set()
     for node in nodes:
         if isinstance(node, optax.InjectStatefulHyperparamsState):
             for group in groups:
                 for key, value in _optax_hyper(group).items():
                     if key in node.hyperparams and not _same(node.hyperparams[key], value):
                         raise ValueError(
-                            f"{where}: the optax state has {key}={float(node.hyperparams[key])!r} but "
+                            f"{where}: the optax state has {key}={_float(node.hyperparams[key])!r} but "
                             f"opt has {key}={value!r}"
                         )
             continue
@@ -882,7 +885,8 @@ def from_optax(opt: optax.GradientTransformation, params: Any, optax_state: Any)
     if len(counts) > 1:
         raise ValueError(f"{where}: the optax state holds different step counts {sorted(counts)}")
     if counts:
-        values.steps = dict.fromkeys(range(len(paths)), counts.pop())
+        count = counts.pop()
+        values.steps = dict.fromkeys(range(len(paths)), count)
     scale = _rms_momentum_scale(groups, nodes, where)
     if scale and "momentum_buffer" in values.buffers:
         store = values.buffers["momentum_buffer"]
