@@ -44,6 +44,7 @@ from optim_chain._tree import (
     check_float_params,
     check_matching,
     compute_dtype,
+    emitted_dtype,
     full_like,
     leaf_dtype,
     map_pair,
@@ -108,7 +109,7 @@ def _ema(
     average would never move). Returns the new average twice: in ``average``'s dtype, to
     store, and in the wider of ``average``'s and ``value``'s dtypes, to pass on down the chain.
     """
-    emitted = jnp.promote_types(average.dtype, value.dtype)
+    emitted = emitted_dtype(average.dtype, value.dtype)
     dtype = compute_dtype(emitted)
     x = cast(value, dtype)
     if squared:
@@ -261,7 +262,7 @@ def accumulate_second_moment(initial_value: float = 0.0, moment_dtype: Any = Non
         return SecondMomentState(nu=full_like(params, initial_value, moment_dtype))
 
     def accumulate(s: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
-        emitted = jnp.promote_types(s.dtype, g.dtype)
+        emitted = emitted_dtype(s.dtype, g.dtype)
         dtype = compute_dtype(emitted)
         new = cast(s, dtype) + square(cast(g, dtype))
         return cast(new, s.dtype), cast(new, emitted)
@@ -363,7 +364,7 @@ def max_second_moment(moment_dtype: Any = None) -> Transform:
         return MaxSecondMomentState(nu_max=zeros_like(params, moment_dtype))
 
     def running_max(mx: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
-        emitted = jnp.promote_types(mx.dtype, v.dtype)
+        emitted = emitted_dtype(mx.dtype, v.dtype)
         new = componentwise(jnp.maximum, cast(mx, emitted), cast(v, emitted))
         return cast(new, mx.dtype), new
 

@@ -65,7 +65,7 @@ AMSGRAD_MAX_OF = ("raw", "corrected")
 
 
 def _sgd_direction(momentum: float, nesterov: bool, moment_dtype: Any = None) -> list[Transform]:
-    _validation.in_unit_interval("momentum", momentum)
+    _validation.in_closed_unit_interval("momentum", momentum)
     _validation.float_dtype("moment_dtype", moment_dtype)
     if not _validation.is_number(momentum):
         # an array (inject_hyperparams): its value may change, so the buffer must exist
