@@ -89,7 +89,7 @@ def float_dtype(name: str, value: Any) -> None:
     """
     if value is None:
         return
-    message = f"{name} must be None or a floating-point (real or complex) dtype, got {value!r}"
+    message = f"{name} must be None or a floating-point dtype, got {value!r}"
     try:
         dtype = jnp.dtype(value)
     except TypeError:

@@ -15,6 +15,10 @@ module is imported, and hand them to the tests as parameters). A counted test pa
 outcome is "passed"; failed, errored and skipped counted tests do not pass. Tests that never touch
 a rebuilt alias (optax's own transforms, other aliases) are run too but not counted.
 
+Tests that cannot reach a rebuilt alias are left out before they run, to save time (``--all`` runs
+them too; they are never counted): absl cases whose ``opt_name`` parameter names another
+optimizer, and alias_test's L-BFGS class. This does not change the count.
+
 Exit status: 0 when at least ``--min-passed`` counted tests pass, 1 otherwise.
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -37,10 +42,27 @@ MODULES = {
 }
 
 
+#: alias_test's classes for one algorithm that is not rebuilt.
+OTHER_ALGORITHMS = ("LBFGSTest",)
+
+
+def _cannot_exercise(item) -> bool:
+    """Whether a test is for another optimizer: an absl case whose ``opt_name`` is not rebuilt, or
+    a class of :data:`OTHER_ALGORITHMS`."""
+    from shim import REBUILT
+
+    if getattr(item, "cls", None) is not None and item.cls.__name__ in OTHER_ALGORITHMS:
+        return True
+    params = getattr(getattr(item, "obj", None), "__x_params_repr__", "")
+    match = re.search(r"\bopt_name='(\w+)'", params)
+    return bool(match) and match.group(1) not in (*REBUILT, "sgd_mom")
+
+
 class CountExercised:
     """A pytest plugin: records, per test, whether it exercised a rebuilt alias, and its outcome."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_all: bool = False) -> None:
+        self.run_all = run_all
         self.outcomes: dict[str, str] = {}
         self.counted: set[str] = set()
         self._calls_before = 0
@@ -62,6 +84,16 @@ class CountExercised:
         elif report.skipped and self.outcomes.get(report.nodeid) == "passed":
             self.outcomes[report.nodeid] = "skipped"
 
+    def pytest_collection_modifyitems(self, config, items):
+        """Leaves out, unless ``--all``, the tests that cannot reach a rebuilt alias (they only cost time)."""
+        if self.run_all:
+            return
+        kept, left_out = [], []
+        for item in items:
+            (left_out if _cannot_exercise(item) else kept).append(item)
+        items[:] = kept
+        config.hook.pytest_deselected(items=left_out)
+
     def summary(self) -> tuple[int, int, list[str], dict[str, tuple[int, int]]]:
         passed = sorted(n for n in self.counted if self.outcomes.get(n) == "passed")
         not_passed = sorted(n for n in self.counted if self.outcomes.get(n) != "passed")
@@ -77,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--min-passed", type=int, default=0, help="fail below this many counted passes")
     parser.add_argument("--modules", default=",".join(MODULES), help="comma-separated short names")
+    parser.add_argument("--all", action="store_true", help="also run the tests for other optimizers")
     parser.add_argument("--list", action="store_true", help="print every counted test and its outcome")
     args, pytest_args = parser.parse_known_args(argv)
 
@@ -94,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     shim.install()
     root = Path(optax.__file__).parent
     paths = [str(root / MODULES.get(name, name)) for name in args.modules.split(",")]
-    plugin = CountExercised()
+    plugin = CountExercised(run_all=args.all)
     pytest.main(
         ["-q", "-p", "no:cacheprovider", "--rootdir", str(root), "-c", os.devnull, *pytest_args, *paths],
         plugins=[plugin],
