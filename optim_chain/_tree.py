@@ -58,7 +58,10 @@ def full_like(tree: Any, value: float, dtype: Any = None) -> Any:
 
     def fill(z: jax.Array) -> jax.Array:
         complex_leaf = jnp.issubdtype(z.dtype, jnp.complexfloating)
-        return z + jnp.asarray(complex(value, value) if complex_leaf else value, z.dtype)
+        if complex_leaf:  # value may be a traced array (inject_hyperparams), so no complex(value, value)
+            real = jnp.real(jnp.asarray(value)).astype(jnp.finfo(z.dtype).dtype)
+            return z + jax.lax.complex(real, real)
+        return z + jnp.asarray(value, z.dtype)
 
     return jax.tree.map(fill, zeros_like(tree, dtype))
 

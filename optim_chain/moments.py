@@ -206,24 +206,30 @@ class SecondMomentState(NamedTuple):
     nu: Any
 
 
-def estimate_second_moment(decay: float = 0.99, moment_dtype: Any = None) -> Transform:
+def estimate_second_moment(
+    decay: float = 0.99, moment_dtype: Any = None, initial_value: float = 0.0
+) -> Transform:
     r"""RMSProp's moving average of the squared gradient; the gradient passes through as numerator.
 
-    .. math:: v_t = d\, v_{t-1} + (1-d) g_t^2, \qquad \text{first} = g_t
+    .. math:: v_t = d\, v_{t-1} + (1-d) g_t^2, \qquad v_0 = \text{initial\_value}, \qquad \text{first} = g_t
 
     Args:
       decay: ``d`` in [0, 1) (``alpha`` in ``torch.optim.RMSprop``).
       moment_dtype: dtype of ``v`` (default: each parameter's dtype).
+      initial_value: ``v_0 >= 0``; ``0`` as in torch, optax's ``initial_scale``.
 
     Reference: Tieleman & Hinton, Lecture 6.5 - RMSProp, COURSERA 2012.
     """
     _validation.in_unit_interval("decay", decay)
     _validation.float_dtype("moment_dtype", moment_dtype)
+    _validation.non_negative("initial_value", initial_value)
 
     def init(params: Any) -> SecondMomentState:
         check_float_params(params, "estimate_second_moment")
         _check_decay("decay", decay, params, moment_dtype)
-        return SecondMomentState(nu=zeros_like(params, moment_dtype))
+        if _validation.is_number(initial_value) and initial_value == 0:
+            return SecondMomentState(nu=zeros_like(params, moment_dtype))
+        return SecondMomentState(nu=full_like(params, initial_value, moment_dtype))
 
     def update(updates: Any, state: SecondMomentState, params: Any = None, **extra: Any):
         del params, extra
@@ -237,7 +243,7 @@ def estimate_second_moment(decay: float = 0.99, moment_dtype: Any = None) -> Tra
         init,
         update,
         name="estimate_second_moment",
-        hyperparams={"decay": decay, "moment_dtype": moment_dtype},
+        hyperparams={"decay": decay, "moment_dtype": moment_dtype, "initial_value": initial_value},
     )
 
 

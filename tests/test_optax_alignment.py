@@ -105,6 +105,7 @@ OPTAX_ALIASES = {
     "sgd": {"learning_rate": 1e-2, "momentum": 0.9, "nesterov": True},
     "rmsprop": {"learning_rate": 1e-2, "momentum": 0.9, "centered": True},
     "rmsprop_eps_outside": {"learning_rate": 1e-2, "eps": 1e-3, "eps_in_sqrt": False},
+    "rmsprop_initial_scale": {"learning_rate": 1e-2, "initial_scale": 0.5, "centered": True},
     "adagrad": {"learning_rate": 1e-1},
 }
 
@@ -119,8 +120,8 @@ def test_shim_rebuilds_each_optax_alias(name):
 
 
 def test_shim_refuses_what_no_preset_expresses():
-    with pytest.raises(NotImplementedError, match="initial_scale=0.1"):
-        shim.ALIASES["rmsprop"](1e-2, initial_scale=0.1)
+    with pytest.raises(NotImplementedError, match="bias_correction=True"):
+        shim.ALIASES["rmsprop"](1e-2, bias_correction=True)
 
 
 class _MomentumStateBeforeRename(NamedTuple):
@@ -156,3 +157,11 @@ def test_checkpoint_with_the_old_buffer_name_loads_through_the_documented_recipe
     restored = flax_serialization.from_state_dict({"opt_state": opt.init(PARAMS)}, _renamed(raw))
     chex.assert_trees_all_equal(restored["opt_state"], state)
     assert isinstance(restored["opt_state"][0], oc.MomentumState)
+
+
+def test_rmsprop_initial_scale_fills_both_components_also_when_injected():
+    params = {"z": jnp.asarray([1.0 + 2.0j, -1.0j], jnp.complex64), "w": jnp.asarray([1.0, 2.0], jnp.float32)}
+    plain = oc.rmsprop(0.1, initial_scale=0.5, centered=True).init(params)
+    injected = jax.jit(optax.inject_hyperparams(oc.rmsprop)(learning_rate=0.1, initial_scale=0.5, centered=True).init)
+    chex.assert_trees_all_equal(injected(params).inner_state, plain)
+    np.testing.assert_array_equal(plain[0].nu["z"], [0.5 + 0.5j, 0.5 + 0.5j])

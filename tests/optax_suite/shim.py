@@ -18,7 +18,6 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import optax
 
 import optim_chain as oc
@@ -65,14 +64,6 @@ def _counted(fn: Callable[..., oc.Transform]) -> Callable[..., oc.Transform]:
         return fn(*args, **kwargs)
 
     return alias
-
-
-def _is_zero(value: Any) -> bool:
-    """Whether ``value`` is zero; an array (``inject_hyperparams`` passes them) is read when concrete."""
-    try:
-        return float(value) == 0.0
-    except jax.errors.ConcretizationTypeError:
-        return False
 
 
 def adam(
@@ -193,8 +184,6 @@ def rmsprop(
     nesterov: bool = False,
     bias_correction: bool = False,
 ) -> oc.Transform:
-    if not _is_zero(initial_scale):
-        raise _unsupported("rmsprop", "initial_scale", initial_scale)
     if nesterov:
         raise _unsupported("rmsprop", "nesterov", nesterov)
     if bias_correction:
@@ -209,6 +198,7 @@ def rmsprop(
             centered,
             0.0 if momentum is None else momentum,
             eps_inside,
+            initial_scale=initial_scale,
         )
     )
 
