@@ -162,6 +162,7 @@ def test_checkpoint_with_the_old_buffer_name_loads_through_the_documented_recipe
 def test_rmsprop_initial_scale_fills_both_components_also_when_injected():
     params = {"z": jnp.asarray([1.0 + 2.0j, -1.0j], jnp.complex64), "w": jnp.asarray([1.0, 2.0], jnp.float32)}
     plain = oc.rmsprop(0.1, initial_scale=0.5, centered=True).init(params)
-    injected = jax.jit(optax.inject_hyperparams(oc.rmsprop)(learning_rate=0.1, initial_scale=0.5, centered=True).init)
-    chex.assert_trees_all_equal(injected(params).inner_state, plain)
+    injected = optax.inject_hyperparams(oc.rmsprop)(learning_rate=0.1, initial_scale=0.5, centered=True)
+    # (an injected momentum is an array, so that chain also holds a momentum buffer: compare the moments)
+    chex.assert_trees_all_equal(jax.jit(injected.init)(params).inner_state[:2], plain[:2])
     np.testing.assert_array_equal(plain[0].nu["z"], [0.5 + 0.5j, 0.5 + 0.5j])
