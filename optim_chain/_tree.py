@@ -17,7 +17,9 @@ def state_dtype(param_dtype: Any, dtype: Any = None) -> np.dtype:
 
     ``None`` keeps the parameter's dtype. A real ``dtype`` asked for a complex parameter gives
     the complex dtype of that precision (``float32`` -> ``complex64``): a complex buffer holds
-    one real buffer per component, as ``torch.view_as_real`` sees it.
+    one real buffer per component, as ``torch.view_as_real`` sees it. A complex ``dtype`` is
+    kept as asked for every parameter, as optax keeps it (for a real parameter the imaginary
+    part stays zero, and what the transform passes on stays real: :func:`emitted_dtype`).
     """
     param_dtype = np.dtype(param_dtype)
     if dtype is None:
@@ -56,7 +58,10 @@ def full_like(tree: Any, value: float, dtype: Any = None) -> Any:
 
     def fill(z: jax.Array) -> jax.Array:
         complex_leaf = jnp.issubdtype(z.dtype, jnp.complexfloating)
-        return z + jnp.asarray(complex(value, value) if complex_leaf else value, z.dtype)
+        if complex_leaf:  # value may be a traced array (inject_hyperparams), so no complex(value, value)
+            real = jnp.real(jnp.asarray(value)).astype(jnp.finfo(z.dtype).dtype)
+            return z + jax.lax.complex(real, real)
+        return z + jnp.asarray(value, z.dtype)
 
     return jax.tree.map(fill, zeros_like(tree, dtype))
 
@@ -118,7 +123,22 @@ def cast(x: jax.Array, dtype: Any) -> jax.Array:
     """
     if x.dtype == dtype and not getattr(x, "weak_type", False):
         return x
+    if jnp.iscomplexobj(x) and not jnp.issubdtype(dtype, jnp.complexfloating):
+        x = jnp.real(x)  # only for a complex state of a real parameter, whose imaginary part is zero
     return x.astype(dtype)
+
+
+def emitted_dtype(stored: Any, incoming: Any) -> jnp.dtype:
+    """The dtype a transform passes on from a ``stored`` state leaf and an ``incoming`` leaf.
+
+    The wider of the two, but real whenever ``incoming`` is real: a complex state kept for a
+    real parameter (a complex ``moment_dtype``) has a zero imaginary part, and a real
+    parameter's updates stay real.
+    """
+    dtype = jnp.promote_types(stored, incoming)
+    if jnp.issubdtype(dtype, jnp.complexfloating) and not jnp.issubdtype(incoming, jnp.complexfloating):
+        return jnp.dtype(jnp.finfo(dtype).dtype)
+    return dtype
 
 
 def compute_dtype(dtype: Any) -> jnp.dtype:

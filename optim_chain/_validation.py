@@ -53,6 +53,13 @@ def in_unit_interval(name: str, value: Any) -> None:
         raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
 
 
+def in_closed_unit_interval(name: str, value: Any) -> None:
+    """Checks ``0 <= value <= 1`` (momentum: ``1`` keeps every past step, as torch and optax allow)."""
+    number = _concrete_float(name, value)
+    if number is not None and not (0.0 <= number <= 1.0):
+        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+
+
 def one_of(name: str, value: Any, choices: Iterable[Any]) -> None:
     """Checks ``value`` is one of ``choices``, listing them in the error."""
     choices = tuple(choices)
@@ -77,12 +84,16 @@ def is_number(value: Any) -> bool:
 
 
 def float_dtype(name: str, value: Any) -> None:
-    """Checks that ``value`` is ``None`` or names a real floating-point dtype."""
+    """Checks that ``value`` is ``None`` or names a floating-point dtype, real or complex.
+
+    Which dtype each state leaf then gets is decided per parameter by ``_tree.state_dtype``.
+    """
     if value is None:
         return
+    message = f"{name} must be None or a floating-point dtype, got {value!r}"
     try:
         dtype = jnp.dtype(value)
     except TypeError:
-        raise TypeError(f"{name} must be None or a floating-point dtype, got {value!r}") from None
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"{name} must be None or a floating-point dtype, got {value!r}")
+        raise TypeError(message) from None
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        raise TypeError(message)

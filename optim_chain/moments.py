@@ -45,6 +45,7 @@ from optim_chain._tree import (
     check_float_params,
     check_matching,
     compute_dtype,
+    emitted_dtype,
     full_like,
     leaf_dtype,
     map_pair,
@@ -110,7 +111,7 @@ def _ema(
     average would never move). Returns the new average twice: in ``average``'s dtype, to
     store, and in the wider of ``average``'s and ``value``'s dtypes, to pass on down the chain.
     """
-    emitted = jnp.promote_types(average.dtype, value.dtype)
+    emitted = emitted_dtype(average.dtype, value.dtype)
     dtype = compute_dtype(emitted)
     x = cast(value, dtype)
     if squared:
@@ -207,24 +208,30 @@ class SecondMomentState(NamedTuple):
     nu: Any
 
 
-def estimate_second_moment(decay: float = 0.99, moment_dtype: Any = None) -> Transform:
+def estimate_second_moment(
+    decay: float = 0.99, moment_dtype: Any = None, initial_value: float = 0.0
+) -> Transform:
     r"""RMSProp's moving average of the squared gradient; the gradient passes through as numerator.
 
-    .. math:: v_t = d\, v_{t-1} + (1-d) g_t^2, \qquad \text{first} = g_t
+    .. math:: v_t = d\, v_{t-1} + (1-d) g_t^2, \qquad v_0 = \text{initial\_value}, \qquad \text{first} = g_t
 
     Args:
       decay: ``d`` in [0, 1) (``alpha`` in ``torch.optim.RMSprop``).
       moment_dtype: dtype of ``v`` (default: each parameter's dtype).
+      initial_value: ``v_0 >= 0``; ``0`` as in torch, optax's ``initial_scale``.
 
     Reference: Tieleman & Hinton, Lecture 6.5 - RMSProp, COURSERA 2012.
     """
     _validation.in_unit_interval("decay", decay)
     _validation.float_dtype("moment_dtype", moment_dtype)
+    _validation.non_negative("initial_value", initial_value)
 
     def init(params: Any) -> SecondMomentState:
         check_float_params(params, "estimate_second_moment")
         _check_decay("decay", decay, params, moment_dtype)
-        return SecondMomentState(nu=zeros_like(params, moment_dtype))
+        if _validation.is_number(initial_value) and initial_value == 0:
+            return SecondMomentState(nu=zeros_like(params, moment_dtype))
+        return SecondMomentState(nu=full_like(params, initial_value, moment_dtype))
 
     def update(updates: Any, state: SecondMomentState, params: Any = None, **extra: Any):
         del params, extra
@@ -238,7 +245,7 @@ def estimate_second_moment(decay: float = 0.99, moment_dtype: Any = None) -> Tra
         init,
         update,
         name="estimate_second_moment",
-        hyperparams={"decay": decay, "moment_dtype": moment_dtype},
+        hyperparams={"decay": decay, "moment_dtype": moment_dtype, "initial_value": initial_value},
     )
 
 
@@ -263,7 +270,7 @@ def accumulate_second_moment(initial_value: float = 0.0, moment_dtype: Any = Non
         return SecondMomentState(nu=full_like(params, initial_value, moment_dtype))
 
     def accumulate(s: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
-        emitted = jnp.promote_types(s.dtype, g.dtype)
+        emitted = emitted_dtype(s.dtype, g.dtype)
         dtype = compute_dtype(emitted)
         new = cast(s, dtype) + square(cast(g, dtype))
         return cast(new, s.dtype), cast(new, emitted)
@@ -365,7 +372,7 @@ def max_second_moment(moment_dtype: Any = None) -> Transform:
         return MaxSecondMomentState(nu_max=zeros_like(params, moment_dtype))
 
     def running_max(mx: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
-        emitted = jnp.promote_types(mx.dtype, v.dtype)
+        emitted = emitted_dtype(mx.dtype, v.dtype)
         new = componentwise(jnp.maximum, cast(mx, emitted), cast(v, emitted))
         return cast(new, mx.dtype), new
 

@@ -13,6 +13,7 @@ from optim_chain._tree import (
     check_float_params,
     check_matching,
     compute_dtype,
+    emitted_dtype,
     map_pair,
     scalar_dtype,
     zeros_like,
@@ -41,13 +42,14 @@ def add_momentum(momentum: float = 0.9, nesterov: bool = False, moment_dtype: An
     has the parameters' dtype; the arithmetic runs in at least float32.
 
     Args:
-      momentum: ``mu`` in [0, 1).
+      momentum: ``mu`` in [0, 1]. ``mu = 1`` sums every past update without forgetting any,
+        which ``torch.optim.SGD`` and ``optax.trace`` also accept.
       nesterov: use Nesterov's variant; needs ``momentum > 0``.
 
     Reference: Sutskever et al., *On the importance of initialization and momentum in deep
     learning*, ICML 2013.
     """
-    _validation.in_unit_interval("momentum", momentum)
+    _validation.in_closed_unit_interval("momentum", momentum)
     if not isinstance(nesterov, bool):
         raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
     if nesterov and isinstance(momentum, (int, float)) and momentum == 0:
@@ -64,11 +66,12 @@ def add_momentum(momentum: float = 0.9, nesterov: bool = False, moment_dtype: An
         check_matching(updates, state.trace, "updates", "the params given to init")
 
         def step(u: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
-            dtype = compute_dtype(jnp.promote_types(u.dtype, b.dtype))
+            emitted = emitted_dtype(b.dtype, u.dtype)
+            dtype = compute_dtype(emitted)
             mu = jnp.asarray(momentum, scalar_dtype(dtype))
             buffer = mu * cast(b, dtype) + cast(u, dtype)
             out = (cast(u, dtype) + mu * buffer) if nesterov else buffer
-            return cast(out, jnp.promote_types(u.dtype, b.dtype)), cast(buffer, b.dtype)
+            return cast(out, emitted), cast(buffer, b.dtype)
 
         out, buffer = map_pair(step, updates, state.trace)
         return out, MomentumState(trace=buffer)

@@ -65,7 +65,7 @@ AMSGRAD_MAX_OF = ("raw", "corrected")
 
 
 def _sgd_direction(momentum: float, nesterov: bool, moment_dtype: Any = None) -> list[Transform]:
-    _validation.in_unit_interval("momentum", momentum)
+    _validation.in_closed_unit_interval("momentum", momentum)
     _validation.float_dtype("moment_dtype", moment_dtype)
     if not _validation.is_number(momentum):
         # an array (inject_hyperparams): its value may change, so the buffer must exist
@@ -299,10 +299,14 @@ def rmsprop(
     momentum: float = 0.0,
     eps_root: float = 0.0,
     *,
+    initial_scale: float = 0.0,
     moment_dtype: Any = None,
     skip_nonfinite: bool = False,
 ) -> Transform:
     """RMSProp as in ``torch.optim.RMSprop`` (eps outside the root; ``eps_root`` puts one inside).
+
+    ``initial_scale`` is the second moment's starting value (optax's ``initial_scale``; torch
+    starts at 0).
 
     ``centered`` divides by an estimate of the standard deviation instead of the root mean
     square; ``momentum`` accumulates the normalized step. ``moment_dtype`` applies to every
@@ -313,7 +317,7 @@ def rmsprop(
     return _finish(
         "rmsprop",
         [
-            estimate_second_moment(decay, moment_dtype),
+            estimate_second_moment(decay, moment_dtype, initial_scale),
             *([center_second_moment(decay, moment_dtype)] if centered else []),
             normalize_by_second_moment(eps, eps_root),
             *_sgd_direction(momentum, False, moment_dtype),

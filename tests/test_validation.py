@@ -86,7 +86,7 @@ def test_betas_outside_unit_interval(preset, argument, value):
 
 
 @pytest.mark.parametrize("preset", SGD)
-@pytest.mark.parametrize("momentum", [1.0, -0.5])
+@pytest.mark.parametrize("momentum", [1.5, -0.5])
 def test_momentum_outside_unit_interval(preset, momentum):
     with _raises(ValueError, "momentum", repr(momentum)):
         PRESETS[preset](1e-3, momentum=momentum)
@@ -185,7 +185,7 @@ def test_adagrad_initial_accumulator_value():
         (lambda: oc.correct_bias(b2=1.0), ("b2", "1.0")),
         (lambda: oc.normalize_by_second_moment(eps=-1.0), ("eps", "-1.0")),
         (lambda: oc.normalize_by_second_moment(eps_root=math.inf), ("eps_root", "inf")),
-        (lambda: oc.add_momentum(1.0), ("momentum", "1.0")),
+        (lambda: oc.add_momentum(1.5), ("momentum", "1.5")),
         (lambda: oc.scale_by_learning_rate(-0.1), ("learning_rate", "-0.1")),
         (lambda: oc.add_l2_regularization(-1e-4), ("weight_decay", "-0.0001")),
         (lambda: oc.decoupled_weight_decay(-1e-4), ("weight_decay", "-0.0001")),
