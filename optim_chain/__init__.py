@@ -105,6 +105,7 @@ _DEPRECATED: dict[str, tuple[str, str]] = {}
 if TYPE_CHECKING:
     # What type checkers read: the same names as ``_MODULES``, imported eagerly (at run time they
     # load on first use through ``__getattr__``; a test keeps the two lists equal).
+    from optim_chain import interop as interop
     from optim_chain import masks as masks
     from optim_chain.bias_correction import BiasCorrectionState as BiasCorrectionState
     from optim_chain.bias_correction import correct_bias as correct_bias
