@@ -119,18 +119,25 @@ def plain_cases(size: int) -> tuple[dict[str, Callable[[], None]], dict[str, str
 # ------------------------------------------------------------------- compiler option: MOF
 
 
-def mof(args: argparse.Namespace) -> None:
-    """Times optax and optim_chain with and without multi-output fusion (one process each)."""
+def _parent_runs_both_settings(experiment: str, *options: str) -> bool:
+    """In the parent process: runs ``experiment`` again in one child per XLA setting (default
+    options, then multi-output fusion) and returns True; in a child, returns False."""
     if os.environ.get("EXPERIMENT_CHILD"):
-        cases, texts = plain_cases(args.size)
-        cases["stream a += b"] = stream_case(args.size)
-        report(args.size, rotate(cases, args.repeats), texts)
-        return
+        return False
     for flags in ("", MOF_FLAG):
         env = dict(os.environ, EXPERIMENT_CHILD="1", XLA_FLAGS=flags)
-        command = [sys.executable, __file__, "mof", f"--size={args.size}", f"--repeats={args.repeats}"]
-        subprocess.run(command, env=env, check=True)
+        subprocess.run([sys.executable, __file__, experiment, *options], env=env, check=True)
         print()
+    return True
+
+
+def mof(args: argparse.Namespace) -> None:
+    """Times optax and optim_chain with and without multi-output fusion (one process each)."""
+    if _parent_runs_both_settings("mof", f"--size={args.size}", f"--repeats={args.repeats}"):
+        return
+    cases, texts = plain_cases(args.size)
+    cases["stream a += b"] = stream_case(args.size)
+    report(args.size, rotate(cases, args.repeats), texts)
 
 
 # ------------------------------------------------------------------- state layout
@@ -404,12 +411,7 @@ def hlo_counts(text: str, elements: int) -> str:
 
 def grouped(args: argparse.Namespace) -> None:
     """oc.adamw and optax.adamw on the 1,024-leaf tree, the grouped step, and one leaf."""
-    if not os.environ.get("EXPERIMENT_CHILD"):
-        for flags in ("", MOF_FLAG):
-            env = dict(os.environ, EXPERIMENT_CHILD="1", XLA_FLAGS=flags)
-            command = [sys.executable, __file__, "grouped", f"--repeats={args.repeats}"]
-            subprocess.run(command, env=env, check=True)
-            print()
+    if _parent_runs_both_settings("grouped", f"--repeats={args.repeats}"):
         return
     shapes = tree_1024()
     rng = np.random.default_rng(0)
@@ -582,12 +584,7 @@ def _lean_adamw(p, s, g):
 
 def realtree(args: argparse.Namespace) -> None:
     """Flax BERT's tree (bench layout hf-bert) against one leaf of its size and its parts, in turns."""
-    if not os.environ.get("EXPERIMENT_CHILD"):
-        for flags in ("", MOF_FLAG):
-            env = dict(os.environ, EXPERIMENT_CHILD="1", XLA_FLAGS=flags)
-            command = [sys.executable, __file__, "realtree", f"--repeats={args.repeats}"]
-            subprocess.run(command, env=env, check=True)
-            print()
+    if _parent_runs_both_settings("realtree", f"--repeats={args.repeats}"):
         return
     from optim_chain.lab import bench
 
