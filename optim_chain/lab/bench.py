@@ -253,10 +253,8 @@ def transformer_shapes(size: int, layers: int = 13, context: int = 256) -> dict[
     return tree
 
 
-#: One line for a missing ``transformers``: the model layouts need it (and flax).
-MODELS_NEED = (
-    "the hf-bert and hf-gpt2 layouts need transformers and flax: pip install 'optim-chain[test]' flax"
-)
+#: One line for a missing ``transformers`` (the ``test`` extra); flax comes with the library.
+MODELS_NEED = "the hf-bert and hf-gpt2 layouts need transformers: pip install 'optim_chain[test]'"
 
 
 @functools.cache
